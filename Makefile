@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make train` and `make test` (both install first).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PYTHONUNBUFFERED := 1
+# pytest runs on the CPU whatever the machine has, so results do not depend on it.
+TEST_ENV := CUDA_VISIBLE_DEVICES= WANDB_MODE=offline WANDB_SILENT=true
+
+.PHONY: install train test test-slow bench data clean help
+
+help:
+	@echo "make train      install, build the synthetic dataset, train with the defaults, print the table"
+	@echo "make test       install, run the test suite (pytest, CPU)"
+	@echo "make test-slow  the tests marked slow"
+	@echo "make bench      data pipeline and training step throughput (benchmarks/)"
+	@echo "make data       build the synthetic dataset only"
+
+# The stamp is rebuilt when the package metadata changes, so a pin change reinstalls.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+data: install
+	$(PY) -m magnifier.data.synthetic root=data/synthetic
+
+train: install
+	$(PY) -m magnifier.train $(ARGS)
+
+test: install
+	$(TEST_ENV) $(PY) -m pytest $(ARGS)
+
+test-slow: install
+	$(TEST_ENV) $(PY) -m pytest -m slow $(ARGS)
+
+bench: install
+	$(PY) benchmarks/throughput.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

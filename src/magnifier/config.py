@@ -1,0 +1,77 @@
+"""Where the Hydra configs live, the resolvers they use, and config-to-Lightning mappings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from magnifier.errors import UserError
+
+
+def config_dir() -> Path:
+    """The ``conf/`` folder: ``$MAGNIFIER_CONFIG_DIR``, else the checkout this package runs from."""
+    env = os.environ.get("MAGNIFIER_CONFIG_DIR")
+    if env:
+        return Path(env).resolve()
+    return Path(__file__).resolve().parents[2] / "conf"
+
+
+def project_root() -> Path:
+    """The folder that holds ``conf/`` (the repository root for an editable install)."""
+    return config_dir().parent
+
+
+def _wandb_offline() -> bool:
+    # W&B stays offline unless the user asks for it with WANDB_MODE=online (or logger.offline=false).
+    return os.environ.get("WANDB_MODE", "offline").lower() != "online"
+
+
+def register_resolvers() -> None:
+    """``${magnifier_root:}`` and ``${wandb_offline:}`` in the configs."""
+    if not OmegaConf.has_resolver("magnifier_root"):
+        OmegaConf.register_new_resolver("magnifier_root", lambda: str(project_root()))
+    if not OmegaConf.has_resolver("wandb_offline"):
+        OmegaConf.register_new_resolver("wandb_offline", _wandb_offline)
+
+
+def _cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def trainer_kwargs(trainer_cfg: DictConfig | dict, cuda_device_count=_cuda_device_count) -> dict[str, Any]:
+    """Map the ``trainer`` config onto ``pytorch_lightning.Trainer`` arguments.
+
+    ``gpus`` is the Lightning-1 style switch users know (``trainer.gpus=4``): 0 or null leaves
+    ``accelerator``/``devices`` as configured; N > 0 means accelerator gpu with N devices and,
+    for N > 1, the DDP strategy with synchronised batch norm; -1 means every visible GPU. It is
+    checked against the visible CUDA devices before anything else runs.
+    """
+    cfg = OmegaConf.to_container(trainer_cfg, resolve=True) if isinstance(trainer_cfg, DictConfig) else dict(trainer_cfg)
+    cfg.pop("_target_", None)
+    gpus = cfg.pop("gpus", None)
+    if gpus in (None, 0):
+        return cfg
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < -1:
+        raise UserError(f"trainer.gpus={gpus} is not a GPU count; use an integer N >= 1, -1 for all GPUs, or 0")
+    visible = cuda_device_count()
+    if gpus == -1:
+        if visible == 0:
+            raise UserError("trainer.gpus=-1 but 0 CUDA devices are visible; use trainer.gpus=0 to train on the CPU")
+        gpus = visible
+    if visible < gpus:
+        raise UserError(
+            f"trainer.gpus={gpus} but {visible} CUDA devices are visible; "
+            f"use trainer.gpus={visible} or check CUDA_VISIBLE_DEVICES"
+        )
+    cfg["accelerator"] = "gpu"
+    cfg["devices"] = gpus
+    if gpus > 1:
+        if cfg.get("strategy", "auto") == "auto":
+            cfg["strategy"] = "ddp"
+        cfg["sync_batchnorm"] = True
+    return cfg

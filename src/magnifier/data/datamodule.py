@@ -1,0 +1,143 @@
+"""The LightningDataModule: P x K training batches with label maps, query + gallery for evaluation."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+
+from magnifier.errors import UserError
+
+from .dataset import ReIDImageDataset
+from .datasets import ReIDData, load_dataset
+from .samplers import RandomIdentitySampler
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+
+
+class ReIDDataModule(pl.LightningDataModule):
+    """Images plus precomputed part label maps for one ReID dataset.
+
+    Training batches are dicts: ``image`` (N, 3, H, W) float, ``mask`` (N, H, W) long part labels,
+    ``pid`` (N,), ``camid`` (N,), ``index`` (N,), ``path`` (list of N str), with N = P x K from
+    :class:`RandomIdentitySampler`. The evaluation loader yields query then gallery images (no
+    masks) with an extra ``is_query`` (N,) bool.
+
+    Args:
+        name: the dataset's config name (``synthetic``, ``market``, ``duke``).
+        root: the dataset folder or a parent that holds it under its official name.
+        height, width: network input size.
+        num_instances: K, images per identity in a batch; ``batch_size`` = P x K.
+        use_masks: read part label maps for training (the model issue needs them).
+        synthetic: generator parameters; the synthetic dataset is built in ``prepare_data`` when
+            it is missing or was built with other parameters.
+    """
+
+    def __init__(
+        self,
+        name: str = "synthetic",
+        root: str = "data",
+        height: int = 128,
+        width: int = 64,
+        batch_size: int = 64,
+        num_instances: int = 4,
+        test_batch_size: int = 128,
+        num_workers: int = 2,
+        flip_p: float = 0.5,
+        pad: int = 10,
+        erasing_p: float = 0.5,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        use_masks: bool = True,
+        seed: int = 0,
+        synthetic: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.name, self.root = name, str(root)
+        self.height, self.width = height, width
+        self.batch_size, self.num_instances, self.test_batch_size = batch_size, num_instances, test_batch_size
+        self.num_workers = num_workers
+        self.use_masks = use_masks
+        self.seed = seed
+        self.synthetic = dict(synthetic or {})
+        self.train_transform = build_transforms(height, width, True, flip_p, pad, erasing_p, tuple(mean), tuple(std))
+        self.test_transform = build_transforms(height, width, False, mean=tuple(mean), std=tuple(std))
+        self.data: ReIDData | None = None
+
+    # -- data on disk -------------------------------------------------------------------------
+    @property
+    def synthetic_dir(self) -> str:
+        return os.path.join(self.root, "synthetic")
+
+    def prepare_data(self) -> None:
+        """Build the synthetic dataset if it is missing (runs on one process only)."""
+        if self.name != "synthetic":
+            return
+        from . import synthetic
+
+        if not synthetic.is_complete(self.synthetic_dir, **self.synthetic):
+            print(f"building the synthetic dataset in {self.synthetic_dir} ...", flush=True)
+            synthetic.generate(self.synthetic_dir, **self.synthetic)
+
+    def load(self) -> ReIDData:
+        """Index the dataset (file names only, no image is decoded)."""
+        if self.data is None:
+            self.data = load_dataset(self.name, self.root)
+            if self.use_masks:
+                missing = [r.path for r in self.data.train if r.mask_path is None]
+                if missing:
+                    raise UserError(
+                        f"{len(missing)} of {len(self.data.train)} training images of '{self.name}' have no part "
+                        f"label map (first: {', '.join(missing[:3])}); put 8-part label maps under "
+                        f"{os.path.join(self.data.root, 'masks', 'bounding_box_train')}/<image stem>.png"
+                    )
+        return self.data
+
+    @property
+    def num_classes(self) -> int:
+        return self.load().num_train_pids
+
+    def setup(self, stage: str | None = None) -> None:
+        data = self.load()
+        self.train_set = ReIDImageDataset(data.train, self.train_transform, with_masks=self.use_masks)
+        self.query_set = ReIDImageDataset(data.query, self.test_transform)
+        self.gallery_set = ReIDImageDataset(data.gallery, self.test_transform)
+        self.eval_set = _QueryGallery(self.query_set, self.gallery_set)
+
+    # -- loaders ------------------------------------------------------------------------------
+    def _loader_kwargs(self) -> dict:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": torch.cuda.is_available(),
+            "persistent_workers": self.num_workers > 0,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = RandomIdentitySampler(
+            self.train_set.pids, num_instances=self.num_instances, batch_size=self.batch_size, seed=self.seed
+        )
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True, **self._loader_kwargs()
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.eval_set, batch_size=self.test_batch_size, shuffle=False, **self._loader_kwargs())
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+class _QueryGallery(ConcatDataset):
+    """Query then gallery as one dataset; ``index`` is unique across both, ``is_query`` tells them apart."""
+
+    def __init__(self, query: ReIDImageDataset, gallery: ReIDImageDataset):
+        super().__init__([query, gallery])
+        self.num_query = len(query)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = super().__getitem__(index)
+        sample["index"] = index
+        sample["is_query"] = index < self.num_query
+        return sample

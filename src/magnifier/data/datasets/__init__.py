@@ -1,0 +1,22 @@
+"""Dataset readers by Hydra config name; each returns a :class:`ReIDData`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magnifier.errors import UserError
+
+from .base import ImageRecord, ReIDData, relabel
+from .market import DUKE, MARKET, SYNTHETIC, MarketStyleSpec, read_market_style
+
+_SPECS: dict[str, MarketStyleSpec] = {s.name: s for s in (MARKET, DUKE, SYNTHETIC)}
+
+
+def load_dataset(name: str, root: str | Path) -> ReIDData:
+    """Read dataset ``name`` (its ``conf/dataset/`` name) from ``root``."""
+    if name not in _SPECS:
+        raise UserError(f"unknown dataset '{name}'; known: {', '.join(sorted(_SPECS))}")
+    return read_market_style(_SPECS[name], root)
+
+
+__all__ = ["ImageRecord", "ReIDData", "load_dataset", "relabel"]

@@ -1,0 +1,68 @@
+"""Dataset records: what every ReID dataset reader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of one person.
+
+    ``pid`` is the identity (relabelled 0..N-1 in the training split, original in query and
+    gallery; 0 marks a Market-1501 distractor), ``camid`` is 0-based, ``mask_path`` is the
+    part label map of this image when one exists.
+    """
+
+    path: str
+    pid: int
+    camid: int
+    mask_path: str | None = None
+
+
+@dataclass
+class ReIDData:
+    """The three splits of a ReID dataset: ``train``, ``query`` and ``gallery``."""
+
+    name: str
+    root: str
+    train: list[ImageRecord] = field(default_factory=list)
+    query: list[ImageRecord] = field(default_factory=list)
+    gallery: list[ImageRecord] = field(default_factory=list)
+
+    @property
+    def num_train_pids(self) -> int:
+        return len({r.pid for r in self.train})
+
+    @property
+    def num_train_cams(self) -> int:
+        return len({r.camid for r in self.train})
+
+    def summary(self) -> str:
+        """A table of ids / images / cameras per split, printed at set-up."""
+        lines = [
+            f"dataset {self.name} ({self.root})",
+            f"  {'split':<8} {'ids':>7} {'images':>8} {'cameras':>8}",
+        ]
+        for split in ("train", "query", "gallery"):
+            recs = getattr(self, split)
+            ids = len({r.pid for r in recs})
+            cams = len({r.camid for r in recs})
+            lines.append(f"  {split:<8} {ids:>7} {len(recs):>8} {cams:>8}")
+        return "\n".join(lines)
+
+
+def relabel(records: list[ImageRecord]) -> list[ImageRecord]:
+    """Map training pids onto 0..N-1 (in sorted pid order) so they index the classifier."""
+    mapping = {pid: i for i, pid in enumerate(sorted({r.pid for r in records}))}
+    return [ImageRecord(r.path, mapping[r.pid], r.camid, r.mask_path) for r in records]
+
+
+def find_dataset_dir(root: str | Path, official_names: tuple[str, ...]) -> Path:
+    """``root`` may be the dataset folder itself or a parent holding it under an official name."""
+    root = Path(root).expanduser()
+    for name in official_names:
+        if (root / name).is_dir():
+            return root / name
+    return root

@@ -1,0 +1,115 @@
+"""The LightningModule: wires config to model, losses and metric; training and evaluation steps."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+
+log = logging.getLogger(__name__)
+
+#: Metric names logged under ``val/`` and ``test/``.
+METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+
+
+def warmup_multistep(epoch: int, warmup_epochs: int, warmup_factor: float, milestones: list[int], gamma: float) -> float:
+    """lr multiplier at ``epoch``: linear warm-up from ``warmup_factor`` to 1, then x``gamma`` at each milestone."""
+    if epoch < warmup_epochs:
+        alpha = epoch / warmup_epochs
+        return warmup_factor * (1 - alpha) + alpha
+    return gamma ** bisect.bisect_right(list(milestones), epoch)
+
+
+class ReIDModule(pl.LightningModule):
+    """Trains a ReID network with a composite loss and evaluates query-vs-gallery retrieval.
+
+    Args:
+        net: the model's config (``_target_`` plus constructor arguments, without
+            ``num_classes``); built in :meth:`setup` once the data module knows the number of
+            training identities, or at once when ``num_classes`` is given (loading a checkpoint).
+        loss: the composite loss's config (``_target_`` and weights).
+        optim: ``optimizer`` (an optimizer config with ``_partial_: true``) and ``scheduler``
+            (``warmup_epochs``, ``warmup_factor``, ``milestones``, ``gamma``; stepped per epoch).
+        num_classes: training identities, saved with the checkpoint.
+    """
+
+    def __init__(self, net: dict, loss: dict, optim: dict, num_classes: int | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net: torch.nn.Module | None = None
+        self.criterion = instantiate(loss)
+        from magnifier.evaluation import ReIDMetric
+
+        self.val_metric = ReIDMetric()
+        self.test_metric = ReIDMetric()
+        if num_classes is not None:
+            self._build(num_classes)
+
+    def _build(self, num_classes: int) -> None:
+        self.hparams.num_classes = num_classes
+        self.net = instantiate(self.hparams.net, num_classes=num_classes)
+
+    def setup(self, stage: str) -> None:
+        if self.net is None:
+            datamodule = self.trainer.datamodule
+            if datamodule is None or not hasattr(datamodule, "num_classes"):
+                raise RuntimeError("ReIDModule needs num_classes or a data module that provides it")
+            self._build(datamodule.num_classes)
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None):
+        return self.net(images, masks)
+
+    # -- training -----------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        outputs = self.net(batch["image"], batch.get("mask"))
+        terms = self.criterion(outputs, batch["pid"])
+        n = batch["image"].shape[0]
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.detach(), batch_size=n, prog_bar=name == "loss")
+        acc = (outputs["global_logits"].argmax(1) == batch["pid"]).float().mean()
+        self.log("train/id_acc", acc, batch_size=n, prog_bar=True)
+        return terms["loss"]
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def _eval_step(self, metric, batch: dict[str, Any]) -> None:
+        features = self.net(batch["image"])
+        metric.update(features, batch["pid"], batch["camid"], batch["is_query"], batch["index"])
+
+    def _eval_epoch_end(self, metric, prefix: str) -> None:
+        try:
+            results = metric.compute()
+        except ValueError as err:  # e.g. a limited batch count left no query with a true match
+            log.warning("%s metrics skipped: %s", prefix, err)
+            metric.reset()
+            return
+        for key in METRIC_KEYS:
+            self.log(f"{prefix}/{key}", results[key], prog_bar=key in ("rank1", "mAP"), sync_dist=False)
+        metric.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(self.val_metric, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end(self.val_metric, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(self.test_metric, batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end(self.test_metric, "test")
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optim = self.hparams.optim
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = instantiate(optim["optimizer"])(params=params)
+        sched = dict(optim["scheduler"])
+        lr_lambda = lambda epoch: warmup_multistep(  # noqa: E731
+            epoch, sched["warmup_epochs"], sched["warmup_factor"], list(sched["milestones"]), sched["gamma"]
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,118 @@
+"""``python -m magnifier.train``: fit a ReID model, evaluate the best checkpoint, print the table.
+
+Thin on purpose: every object comes from the Hydra config (``conf/train.yaml``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from magnifier.config import config_dir, register_resolvers, trainer_kwargs  # noqa: E402
+from magnifier.errors import UserError, exit_on_user_error  # noqa: E402
+
+log = logging.getLogger("magnifier.train")
+register_resolvers()
+
+
+def _check_logger(cfg: DictConfig) -> None:
+    """An online W&B run without credentials would prompt for a key: refuse up front instead."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None or wandb_cfg.get("offline", True):
+        return
+    has_key = os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").is_file()
+    if not has_key:
+        raise UserError(
+            "logger.wandb.offline=false (or WANDB_MODE=online) but no W&B credentials were found; "
+            "run `wandb login` or set WANDB_API_KEY, or keep the default offline run"
+        )
+
+
+def format_results(metrics: dict, best_ckpt: str | None) -> str:
+    """The closing table: rank-1/5/10, mAP, mINP in percent, and the best checkpoint's path."""
+    from magnifier.module import METRIC_KEYS
+
+    head = " ".join(f"{k:>8}" for k in METRIC_KEYS)
+    row = " ".join(f"{100 * float(metrics[k]):8.2f}" if k in metrics else f"{'-':>8}" for k in METRIC_KEYS)
+    return f"{head}\n{row}\nbest checkpoint: {best_ckpt or '(none saved)'}"
+
+
+@exit_on_user_error
+def train(cfg: DictConfig) -> dict:
+    """Fit and test as the config says; returns the final metrics (``val/...`` and ``test/...``)."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from magnifier.module import ReIDModule
+
+    # The GPU check comes before any data is touched: a wrong trainer.gpus fails in a second.
+    kwargs = trainer_kwargs(cfg.trainer)
+    _check_logger(cfg)
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.dataset)
+    # Data problems surface before any logger or run folder is created. Only the first process
+    # builds a missing synthetic dataset; DDP workers are launched after this point.
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        datamodule.prepare_data()
+        print(datamodule.load().summary(), flush=True)
+    else:
+        datamodule.load()
+    container = OmegaConf.to_container(cfg, resolve=True)
+    module = ReIDModule(net=container["model"], loss=container["loss"], optim=container["optim"])
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer = pl.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(container)
+
+    try:
+        if cfg.get("train", True):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+        if cfg.get("test", True) and not kwargs.get("fast_dev_run"):
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    finally:
+        _finish_wandb(loggers)
+    if trainer.is_global_zero:
+        split = "test" if any(k.startswith("test/") for k in metrics) else "val"
+        shown = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(split + "/")}
+        print(f"\n{cfg.dataset.name} query/gallery ({split}, %):\n" + format_results(shown, best), flush=True)
+    return metrics
+
+
+def _finish_wandb(loggers: list) -> None:
+    # Close the W&B run so an offline run directory is complete and ready for `wandb sync`.
+    from pytorch_lightning.loggers import WandbLogger  # also the base of ours
+
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    value = metrics.get(cfg.get("optimized_metric") or "")
+    return value
+
+
+if __name__ == "__main__":
+    if not config_dir().is_dir():
+        print(f"error: Hydra configs not found in {config_dir()}; set MAGNIFIER_CONFIG_DIR", file=sys.stderr)
+        sys.exit(2)
+    main()

@@ -1,0 +1,140 @@
+"""Every config composes; trainer.gpus maps onto Lightning 2; user errors are one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from magnifier.config import trainer_kwargs
+from magnifier.errors import UserError
+
+from .conftest import CONF, REPO, compose
+
+
+def _options(group: str) -> list[str]:
+    folder = CONF / group
+    return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.glob("*.yaml"))
+
+
+GROUPS = ["dataset", "model", "model/backbone", "loss", "optim", "trainer", "logger", "callbacks", "debug", "paths", "hydra"]
+
+
+def test_expected_config_groups_exist():
+    for group in GROUPS + ["experiment"]:
+        assert (CONF / group).is_dir(), group
+    assert (CONF / "train.yaml").is_file()
+
+
+@pytest.mark.parametrize("group", GROUPS + ["experiment"])
+def test_every_option_of_every_group_composes(group, tmp_path):
+    options = _options(group)
+    if group != "experiment":
+        assert options, f"conf/{group} has no options"
+    for option in options:
+        cfg = compose([f"{group}={option}"], output_dir=str(tmp_path))
+        # Resolving every interpolation catches typos in keys that are only read at run time.
+        body = {k: v for k, v in cfg.items() if k != "hydra"}
+        OmegaConf.to_container(OmegaConf.create(body), resolve=True)
+
+
+def test_defaults_are_the_synthetic_quick_run(tmp_path):
+    cfg = compose([], output_dir=str(tmp_path))
+    assert cfg.dataset.name == "synthetic"
+    assert cfg.model.backbone.name == "resnet18"
+    assert cfg.logger.wandb.offline is True
+    assert cfg.callbacks.model_checkpoint.monitor == "val/mAP"
+    assert cfg.callbacks.model_checkpoint.save_last is True
+    duke = compose(["dataset=duke"], output_dir=str(tmp_path))
+    assert duke.dataset.name == "duke" and duke.model.backbone.name == "resnet50"
+    # A command-line choice beats the dataset's preferred backbone.
+    assert compose(["model/backbone=resnet34"], output_dir=str(tmp_path)).model.backbone.name == "resnet34"
+
+
+def test_model_loss_and_callbacks_instantiate(tmp_path):
+    cfg = compose([], output_dir=str(tmp_path))
+    net = instantiate(cfg.model, num_classes=5)
+    assert net.global_branch.classifier.out_features == 5
+    instantiate(cfg.loss)
+    for cb in cfg.callbacks.values():
+        instantiate(cb)
+
+
+def test_wandb_goes_online_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert compose([], output_dir=str(tmp_path)).logger.wandb.offline is False
+    monkeypatch.delenv("WANDB_MODE")
+    assert compose([], output_dir=str(tmp_path)).logger.wandb.offline is True
+
+
+# -- trainer.gpus -------------------------------------------------------------------------------
+BASE = {"gpus": 0, "accelerator": "auto", "devices": 1, "strategy": "auto", "sync_batchnorm": False}
+
+
+def test_gpus_zero_leaves_the_trainer_alone():
+    assert trainer_kwargs(BASE, cuda_device_count=lambda: 0) == {k: v for k, v in BASE.items() if k != "gpus"}
+
+
+def test_gpus_n_maps_to_accelerator_devices_ddp_and_syncbn():
+    one = trainer_kwargs({**BASE, "gpus": 1}, cuda_device_count=lambda: 8)
+    assert (one["accelerator"], one["devices"], one["strategy"], one["sync_batchnorm"]) == ("gpu", 1, "auto", False)
+    four = trainer_kwargs({**BASE, "gpus": 4}, cuda_device_count=lambda: 8)
+    assert (four["accelerator"], four["devices"], four["strategy"], four["sync_batchnorm"]) == ("gpu", 4, "ddp", True)
+    every = trainer_kwargs({**BASE, "gpus": -1}, cuda_device_count=lambda: 3)
+    assert every["devices"] == 3 and every["strategy"] == "ddp"
+    # A strategy the user chose is kept.
+    assert trainer_kwargs({**BASE, "gpus": 2, "strategy": "ddp_spawn"}, cuda_device_count=lambda: 2)["strategy"] == "ddp_spawn"
+
+
+def test_too_many_gpus_is_one_clear_error():
+    with pytest.raises(UserError, match=r"^trainer.gpus=4 but 0 CUDA devices are visible"):
+        trainer_kwargs({**BASE, "gpus": 4}, cuda_device_count=lambda: 0)
+    with pytest.raises(UserError, match="trainer.gpus=4 but 2 CUDA devices"):
+        trainer_kwargs({**BASE, "gpus": 4}, cuda_device_count=lambda: 2)
+    with pytest.raises(UserError, match="not a GPU count"):
+        trainer_kwargs({**BASE, "gpus": "two"}, cuda_device_count=lambda: 2)
+
+
+def _run(args: list[str], cwd, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HYDRA_FULL_ERROR": "0", **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "magnifier.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_users_gpu_command_prints_config_and_fails_cleanly_without_gpus(tmp_path):
+    shown = _run(["dataset=duke", "trainer.gpus=4", "--cfg", "job"], cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    cfg = OmegaConf.create(shown.stdout)
+    assert cfg.dataset.name == "duke" and cfg.trainer.gpus == 4
+    # The real run stops before any data is read (there is no Duke data here) with one line.
+    run = _run(["dataset=duke", "trainer.gpus=4", f"paths.log_dir={tmp_path}/logs"], cwd=tmp_path)
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
+    assert lines == [
+        "error: trainer.gpus=4 but 0 CUDA devices are visible; use trainer.gpus=0 or check CUDA_VISIBLE_DEVICES"
+    ]
+
+
+def test_missing_dataset_folder_is_one_line_naming_folder_layout_and_fix(tmp_path):
+    run = _run(["dataset=market", f"paths.data_dir={tmp_path}/nowhere", f"paths.log_dir={tmp_path}/logs"], cwd=tmp_path)
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, run.stderr
+    msg = lines[0]
+    assert msg.startswith("error: dataset 'market':")
+    assert f"{tmp_path}/nowhere" in msg and "bounding_box_train" in msg
+    assert "dataset.root=" in msg and "MAGNIFIER_DATA" in msg
+
+
+def test_runs_from_any_working_directory(tmp_path):
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    shown = _run(["--cfg", "job", "--resolve"], cwd=elsewhere, env_extra={"MAGNIFIER_LOGS": str(tmp_path / "logs")})
+    assert shown.returncode == 0, shown.stderr
+    cfg = OmegaConf.create(shown.stdout)
+    assert cfg.paths.root_dir == str(REPO)

@@ -1,0 +1,349 @@
+"""Tests for magnifier.data.samplers.RandomIdentitySampler (P x K identity sampler)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from magnifier.data.samplers import RandomIdentitySampler
+
+
+def _batches(sampler: RandomIdentitySampler, pids) -> list[list[int]]:
+    idx = list(sampler)
+    pids = np.asarray(pids)
+    bs = sampler.batch_size
+    assert len(idx) % bs == 0
+    return [pids[idx[i : i + bs]].tolist() for i in range(0, len(idx), bs)]
+
+
+def _assert_pk(batch_pids, p: int, k: int) -> None:
+    counts = Counter(batch_pids)
+    assert len(counts) == p, counts
+    assert set(counts.values()) == {k}, counts
+
+
+def _unbalanced_pids(num_ids: int = 40, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 15, size=num_ids)  # many identities with fewer than K images
+    pids = np.repeat(np.arange(num_ids) * 3 + 100, sizes)  # non-contiguous pid values
+    return rng.permutation(pids).tolist()
+
+
+# --------------------------------------------------------------------------- P x K
+@pytest.mark.parametrize("k,batch_size", [(4, 32), (2, 8), (5, 15)])
+def test_pk_property_unbalanced(k, batch_size):
+    pids = _unbalanced_pids()
+    s = RandomIdentitySampler(pids, num_instances=k, batch_size=batch_size, seed=3)
+    idx = list(s)
+    assert len(idx) == len(s) == s.num_steps * batch_size
+    assert all(isinstance(i, int) and 0 <= i < len(pids) for i in idx)
+    batches = _batches(s, pids)
+    assert len(batches) == s.num_steps
+    for b in batches:
+        _assert_pk(b, batch_size // k, k)
+
+
+def test_identities_with_fewer_than_k_images():
+    # every identity has 1..3 images, K = 4 -> filled with replacement
+    pids = np.repeat(np.arange(20), [1, 2, 3] * 6 + [1, 2]).tolist()
+    s = RandomIdentitySampler(pids, num_instances=4, batch_size=16, seed=0)
+    assert s.num_steps == 20 // 4  # one chunk per identity
+    for b in _batches(s, pids):
+        _assert_pk(b, 4, 4)
+    # each chunk contains all of that identity's images at least once
+    assert set(s) == set(range(len(pids)))
+
+
+def test_epoch_length_formula_and_coverage_balanced():
+    k, bs, num_ids, per_id = 4, 32, 50, 12
+    pids = np.repeat(np.arange(num_ids), per_id)
+    s = RandomIdentitySampler(pids.tolist(), num_instances=k, batch_size=bs, seed=1)
+    total_chunks = num_ids * per_id // k  # 150
+    assert s.num_steps == total_chunks // (bs // k)  # 18
+    assert len(s) == s.num_steps * bs
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        idx = list(s)
+        # S * P * K = 576 of 600 samples can be seen: (almost) everything is covered
+        assert len(set(idx)) >= 0.9 * len(pids)
+        assert len(set(idx)) >= len(idx) - 2 * bs
+
+
+def test_tiny_dataset_has_at_least_one_step():
+    pids = [0, 1, 2, 3]
+    s = RandomIdentitySampler(pids, num_instances=4, batch_size=16)
+    assert s.num_steps == 1 and len(s) == 16
+    _assert_pk(_batches(s, pids)[0], 4, 4)
+
+
+# --------------------------------------------------------------------------- determinism
+def test_determinism_and_set_epoch():
+    pids = _unbalanced_pids()
+    a = RandomIdentitySampler(pids, num_instances=4, batch_size=32, seed=7)
+    b = RandomIdentitySampler(pids, num_instances=4, batch_size=32, seed=7)
+    e0 = list(a)
+    assert e0 == list(b) == list(a)
+    a.set_epoch(1)
+    assert a.epoch == 1
+    e1 = list(a)
+    assert e1 != e0
+    b.set_epoch(1)
+    assert list(b) == e1
+    a.set_epoch(0)
+    assert list(a) == e0
+    c = RandomIdentitySampler(pids, num_instances=4, batch_size=32, seed=8)
+    assert list(c) != e0
+
+
+# --------------------------------------------------------------------------- DDP (simulated)
+@pytest.mark.parametrize("world", [2, 3])
+def test_simulated_ranks_disjoint_identities(world):
+    pids = _unbalanced_pids(num_ids=60)
+    p, k = 4, 4
+    samplers = [
+        RandomIdentitySampler(
+            pids, num_instances=k, batch_size=p * k, seed=5, num_replicas=world, rank=r
+        )
+        for r in range(world)
+    ]
+    for epoch in (0, 1):
+        for s in samplers:
+            s.set_epoch(epoch)
+        assert len({len(s) for s in samplers}) == 1
+        per_rank = [_batches(s, pids) for s in samplers]
+        assert len({len(b) for b in per_rank}) == 1
+        assert len(per_rank[0]) == samplers[0].num_steps
+        for step in zip(*per_rank):
+            id_sets = []
+            for b in step:
+                _assert_pk(b, p, k)
+                id_sets.append(set(b))
+            union = set().union(*id_sets)
+            assert len(union) == p * world  # disjoint across ranks
+        # consistent with the global schedule
+        sched = samplers[0].global_schedule()
+        assert sched.shape == (samplers[0].num_steps, p * world, k)
+        for r, s in enumerate(samplers):
+            assert list(s) == sched[:, r * p : (r + 1) * p].reshape(-1).tolist()
+
+
+def test_rank_and_world_resolution_without_process_group():
+    s = RandomIdentitySampler(list(range(16)), num_instances=1, batch_size=4)
+    assert s.num_replicas == 1 and s.rank == 0 and s.epoch == 0
+    s2 = RandomIdentitySampler(
+        list(range(16)), num_instances=1, batch_size=4, num_replicas=4, rank=3
+    )
+    assert s2.num_replicas == 4 and s2.rank == 3
+    assert len(s2) == 4 and s2.total_size == 16 and s2.num_samples == 4
+
+
+# --------------------------------------------------------------------------- errors
+def test_too_few_identities_raises():
+    pids = np.repeat(np.arange(6), 4).tolist()
+    with pytest.raises(ValueError, match="at least"):
+        RandomIdentitySampler(pids, num_instances=4, batch_size=32)  # P = 8 > 6
+    with pytest.raises(ValueError, match="8 distinct identities"):
+        # P * W = 4 * 2 > 6
+        RandomIdentitySampler(pids, num_instances=4, batch_size=16, num_replicas=2, rank=0)
+    # lazily resolved world size: the error is raised when iterating / len
+    s = RandomIdentitySampler(pids, num_instances=4, batch_size=16)
+    s.num_replicas = 2
+    with pytest.raises(ValueError, match="identities"):
+        len(s)
+
+
+def test_batch_size_not_multiple_of_k_raises():
+    with pytest.raises(ValueError, match="multiple of num_instances"):
+        RandomIdentitySampler(list(range(100)), num_instances=4, batch_size=30)
+    with pytest.raises(ValueError):
+        RandomIdentitySampler(list(range(100)), num_instances=0, batch_size=30)
+    with pytest.raises(ValueError):
+        RandomIdentitySampler(
+            list(range(100)), num_instances=1, batch_size=4, num_replicas=2, rank=2
+        )
+
+
+def test_is_a_distributed_sampler_with_expected_attributes():
+    s = RandomIdentitySampler(
+        _unbalanced_pids(), num_instances=4, batch_size=16, seed=2, num_replicas=2, rank=1
+    )
+    assert isinstance(s, DistributedSampler)
+    assert s.shuffle is True and s.drop_last is True and s.seed == 2 and s.dataset is None
+    assert s.num_samples == len(s) and s.total_size == 2 * len(s)
+
+
+# --------------------------------------------------------------------------- Lightning
+pl = pytest.importorskip("pytorch_lightning")
+
+P, K = 4, 4
+
+
+def _tensor_data(num_ids: int = 24, seed: int = 0):
+    pids = np.asarray(_unbalanced_pids(num_ids=num_ids, seed=seed))
+    x = torch.randn(len(pids), 3)
+    return pids, TensorDataset(x, torch.as_tensor(pids))
+
+
+class _TinyModule(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 1)
+        self.records: list[tuple[int, list[int], int]] = []
+
+    def training_step(self, batch, batch_idx):
+        x, pid = batch
+        sampler = self.trainer.train_dataloader.sampler
+        self.records.append((self.current_epoch, pid.tolist(), sampler.epoch))
+        return self.layer(x).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_lightning_single_device_keeps_sampler_and_calls_set_epoch():
+    pids, ds = _tensor_data()
+    sampler = RandomIdentitySampler(pids.tolist(), num_instances=K, batch_size=P * K, seed=0)
+    loader = DataLoader(ds, batch_size=P * K, sampler=sampler, drop_last=True)
+    model = _TinyModule()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=True,
+    )
+    trainer.fit(model, train_dataloaders=loader)
+    assert trainer.train_dataloader is loader  # passed through unchanged
+    assert trainer.train_dataloader.sampler is sampler
+    steps = sampler.num_steps
+    assert len(model.records) == 2 * steps
+    for epoch, batch_pids, sampler_epoch in model.records:
+        _assert_pk(batch_pids, P, K)
+        assert sampler_epoch == epoch  # set_epoch(epoch) was called by the fit loop
+    assert {r[2] for r in model.records} == {0, 1}
+    assert sampler.epoch == 1
+    # the two epochs used different schedules
+    assert [r[1] for r in model.records[:steps]] != [r[1] for r in model.records[steps:]]
+
+
+def test_lightning_distributed_sampler_replacement_skipped():
+    """With a (not launched) 2-device DDP trainer Lightning would inject a DistributedSamplerWrapper
+    into a loader with a plain custom sampler, but leaves ours (a DistributedSampler) alone."""
+    from pytorch_lightning.trainer.states import RunningStage
+    from pytorch_lightning.utilities.data import _update_dataloader
+
+    pids, ds = _tensor_data()
+    sampler = RandomIdentitySampler(
+        pids.tolist(), num_instances=K, batch_size=P * K, seed=0, num_replicas=2, rank=0
+    )
+    loader = DataLoader(ds, batch_size=P * K, sampler=sampler, drop_last=True)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False
+    )
+    connector = trainer._data_connector
+    assert trainer._accelerator_connector.is_distributed
+    assert not connector._requires_distributed_sampler(loader)
+    assert connector._prepare_dataloader(loader, shuffle=True, mode=RunningStage.TRAINING) is loader
+
+    # control: a custom sampler that is not a DistributedSampler would be wrapped
+    plain = DataLoader(ds, batch_size=P * K, sampler=list(range(len(ds))), drop_last=True)
+    assert connector._requires_distributed_sampler(plain)
+
+    # if Lightning ever re-instantiates the DataLoader from its init args, ours survives intact
+    rebuilt = _update_dataloader(loader, loader.sampler)
+    assert rebuilt.sampler is sampler and rebuilt.batch_size == P * K and rebuilt.drop_last
+    got = [b[1].tolist() for b in rebuilt]
+    assert got == [b[1].tolist() for b in loader]
+    for b in got:
+        _assert_pk(b, P, K)
+
+
+_DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np
+    import torch
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+    from magnifier.data.samplers import RandomIdentitySampler
+
+    torch.set_num_threads(1)
+    out_dir = sys.argv[1]
+    P, K = 4, 4
+    rng = np.random.default_rng(0)
+    pids = np.repeat(np.arange(30), rng.integers(2, 10, size=30))
+    ds = TensorDataset(torch.randn(len(pids), 3), torch.as_tensor(pids))
+
+
+    class M(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 1)
+            self.records = []
+
+        def training_step(self, batch, batch_idx):
+            x, pid = batch
+            s = self.trainer.train_dataloader.sampler
+            self.records.append([self.current_epoch, batch_idx, pid.tolist(), s.epoch,
+                                 type(s).__name__, s.num_replicas, s.rank])
+            return self.layer(x).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+    if __name__ == "__main__":
+        sampler = RandomIdentitySampler(pids.tolist(), num_instances=K, batch_size=P * K, seed=0)
+        loader = DataLoader(ds, batch_size=P * K, sampler=sampler, drop_last=True)
+        model = M()
+        trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2,
+                             logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, use_distributed_sampler=True)
+        trainer.fit(model, train_dataloaders=loader)
+        with open(os.path.join(out_dir, f"rank{trainer.global_rank}.json"), "w") as f:
+            json.dump({"records": model.records, "num_steps": sampler.num_steps}, f)
+    """
+)
+
+
+def test_lightning_ddp_two_processes(tmp_path):
+    script = tmp_path / "ddp_script.py"
+    script.write_text(_DDP_SCRIPT)
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", PL_DISABLE_FORK="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    recs = [r["records"] for r in res]
+    num_steps = res[0]["num_steps"]
+    assert res[1]["num_steps"] == num_steps
+    assert len(recs[0]) == len(recs[1]) == 2 * num_steps
+    for r, rank_recs in enumerate(recs):
+        for epoch, _, batch_pids, sampler_epoch, cls_name, world, rank in rank_recs:
+            assert cls_name == "RandomIdentitySampler"  # not wrapped by Lightning
+            assert (world, rank) == (2, r)
+            assert sampler_epoch == epoch
+            _assert_pk(batch_pids, P, K)
+    for a, b in zip(*recs):
+        assert a[:2] == b[:2]  # same (epoch, batch_idx)
+        assert not set(a[2]) & set(b[2])  # disjoint identities at every step
+        assert len(set(a[2]) | set(b[2])) == 2 * P
