@@ -1,0 +1,141 @@
+"""Data module shapes and dtypes, joint augmentation alignment, dataset reading errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from magnifier.data import ReIDDataModule, load_dataset
+from magnifier.data.parts import NUM_PARTS
+from magnifier.data.transforms import build_transforms
+from magnifier.errors import UserError
+
+from .conftest import TINY
+
+
+def _datamodule(data_dir, **kwargs) -> ReIDDataModule:
+    args = dict(name="synthetic", root=str(data_dir), height=64, width=32, batch_size=8, num_instances=4,
+                test_batch_size=16, num_workers=0, synthetic=TINY)
+    args.update(kwargs)
+    return ReIDDataModule(**args)
+
+
+def test_train_batches_are_p_by_k_with_aligned_label_maps(tiny_data_dir):
+    dm = _datamodule(tiny_data_dir)
+    dm.prepare_data()  # already complete: must not rebuild
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (8, 3, 64, 32) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (8, 64, 32) and batch["mask"].dtype == torch.int64
+    assert int(batch["mask"].min()) >= 0 and int(batch["mask"].max()) < NUM_PARTS
+    assert batch["pid"].dtype == torch.int64 and batch["camid"].dtype == torch.int64
+    assert len(batch["path"]) == 8
+    # P x K: two identities with four images each.
+    _, counts = torch.unique(batch["pid"], return_counts=True)
+    assert counts.tolist() == [4, 4]
+    assert dm.num_classes == dm.data.num_train_pids == len({r.pid for r in dm.data.train})
+    assert sorted({r.pid for r in dm.data.train}) == list(range(dm.num_classes))
+
+
+def test_eval_batches_are_query_then_gallery_without_masks(tiny_data_dir):
+    dm = _datamodule(tiny_data_dir)
+    dm.setup("validate")
+    batches = list(dm.val_dataloader())
+    is_query = torch.cat([b["is_query"] for b in batches])
+    index = torch.cat([b["index"] for b in batches])
+    assert "mask" not in batches[0]
+    assert is_query.sum() == len(dm.data.query) and (~is_query).sum() == len(dm.data.gallery)
+    assert index.tolist() == list(range(len(dm.data.query) + len(dm.data.gallery)))
+    assert is_query[: len(dm.data.query)].all()
+
+
+def test_reader_keeps_original_test_pids_and_zero_based_cameras(tiny_data_dir):
+    data = load_dataset("synthetic", tiny_data_dir)
+    assert min(r.camid for r in data.train + data.query + data.gallery) == 0
+    assert max(r.camid for r in data.query + data.gallery) == TINY["num_cams"] - 1
+    # Test pids are the file names' pids (after the train pids), not relabelled.
+    assert min(r.pid for r in data.query) > data.num_train_pids - 1
+    assert all(r.mask_path for r in data.train)
+    assert "train" in data.summary() and "gallery" in data.summary()
+
+
+def test_flip_moves_the_label_map_with_the_image():
+    h, w = 16, 8
+    image = np.zeros((h, w, 3), np.uint8)
+    label = np.zeros((h, w), np.uint8)
+    image[:, :3] = (255, 0, 0)  # a red stripe on the left is part 2
+    label[:, :3] = 2
+    flip = build_transforms(h, w, train=True, flip_p=1.0, pad=0, erasing_p=0.0, mean=(0, 0, 0), std=(1, 1, 1))
+    out = flip(image=image, mask=label)
+    img, lab = out["image"], torch.as_tensor(out["mask"])
+    assert (lab[:, -3:] == 2).all() and (lab[:, :-3] == 0).all()
+    red = img[0] > 0.5
+    assert torch.equal(red, lab == 2)
+
+
+def _label_coded_pair(h: int, w: int, block: int, seed: int = 0):
+    """A random blocky label map and an image whose red channel encodes the label (30 per class)."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, NUM_PARTS, (h // block, w // block)).repeat(block, 0).repeat(block, 1).astype(np.uint8)
+    image = np.stack([label * 30, np.zeros_like(label), np.zeros_like(label)], -1).astype(np.uint8)
+    return image, label
+
+
+def test_flip_pad_and_crop_keep_labels_exactly_aligned():
+    image, label = _label_coded_pair(64, 32, 4)
+    t = build_transforms(64, 32, train=True, flip_p=0.5, pad=6, erasing_p=0.0, mean=(0, 0, 0), std=(1, 1, 1))
+    for _ in range(10):
+        out = t(image=image, mask=label)
+        lab = torch.as_tensor(out["mask"]).long()
+        red = (out["image"][0] * 255 / 30).round().long()
+        assert torch.equal(red, lab)  # shifts and flips: every pixel, padding included (0 / background)
+
+
+def test_resize_uses_nearest_neighbour_for_labels():
+    image, label = _label_coded_pair(32, 16, 4)
+    t = build_transforms(64, 32, train=False, mean=(0, 0, 0), std=(1, 1, 1))
+    out = t(image=image, mask=label)
+    lab = torch.as_tensor(out["mask"]).long()
+    assert set(lab.unique().tolist()) <= set(label.flatten().tolist())  # no blended label values
+    expected = torch.as_tensor(label).long().repeat_interleave(2, 0).repeat_interleave(2, 1)
+    assert torch.equal(lab, expected)  # an exact 2x upscale of the blocks
+    # The bilinear image agrees with the labels away from block borders.
+    red = (out["image"][0] * 255 / 30).round().long()
+    interior = torch.zeros_like(lab, dtype=torch.bool)
+    interior[1:-1, 1:-1] = (
+        (lab[1:-1, 1:-1] == lab[:-2, 1:-1]) & (lab[1:-1, 1:-1] == lab[2:, 1:-1])
+        & (lab[1:-1, 1:-1] == lab[1:-1, :-2]) & (lab[1:-1, 1:-1] == lab[1:-1, 2:])
+    )
+    assert torch.equal(red[interior], lab[interior])
+
+
+def test_random_erasing_touches_the_image_only():
+    h, w = 32, 16
+    image = np.full((h, w, 3), 200, np.uint8)
+    label = np.full((h, w), 3, np.uint8)
+    t = build_transforms(h, w, train=True, flip_p=0.0, pad=0, erasing_p=1.0, mean=(0, 0, 0), std=(1, 1, 1))
+    out = t(image=image, mask=label)
+    assert (out["image"] == 0).any()  # something was erased
+    assert (torch.as_tensor(out["mask"]) == 3).all()
+
+
+def test_missing_label_maps_stop_with_a_clear_message(tiny_data_dir, tmp_path):
+    import shutil
+
+    root = tmp_path / "synthetic"
+    shutil.copytree(tiny_data_dir / "synthetic", root)
+    first = sorted((root / "masks" / "bounding_box_train").iterdir())[0]
+    first.unlink()
+    dm = _datamodule(tmp_path)
+    with pytest.raises(UserError, match=r"1 of \d+ training images of 'synthetic' have no part label map"):
+        dm.load()
+
+
+def test_empty_dataset_folder_names_folder_and_fix(tmp_path):
+    (tmp_path / "DukeMTMC-reID" / "bounding_box_train").mkdir(parents=True)
+    with pytest.raises(UserError) as err:
+        load_dataset("duke", tmp_path)
+    msg = str(err.value)
+    assert "DukeMTMC-reID/bounding_box_train is empty" in msg and "MAGNIFIER_DATA" in msg
+    assert "0001_c2_f0046182.jpg" in msg

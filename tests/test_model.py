@@ -1,0 +1,102 @@
+"""Baseline model shapes, losses on hand-made inputs, the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from magnifier.losses import ReIDLoss, batch_hard_triplet_loss, cross_entropy_label_smooth
+from magnifier.models import Baseline, ResNetBackbone
+from magnifier.module import warmup_multistep
+
+
+@pytest.mark.parametrize("name,c3,c4", [("resnet18", 256, 512), ("resnet50", 1024, 2048)])
+def test_backbone_last_stride_one_keeps_layer4_at_layer3_resolution(name, c3, c4):
+    net = ResNetBackbone(name).eval()
+    with torch.no_grad():
+        f3, f4 = net(torch.randn(1, 3, 128, 64))
+    assert f3.shape == (1, c3, 8, 4) and f4.shape == (1, c4, 8, 4)
+    assert net.layer3_channels == c3 and net.out_channels == c4
+    with torch.no_grad():
+        _, f4 = ResNetBackbone(name, last_stride=2).eval()(torch.randn(1, 3, 128, 64))
+    assert f4.shape[-2:] == (4, 2)
+
+
+def test_baseline_train_dict_and_eval_unit_embedding():
+    model = Baseline(num_classes=7, backbone="resnet18")
+    x = torch.randn(4, 3, 64, 32)
+    out = model(x)
+    assert out["global_feat"].shape == (4, 512) and out["global_logits"].shape == (4, 7)
+    model.eval()
+    with torch.no_grad():
+        emb = model(x)
+    assert emb.shape == (4, 512)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(4))
+    # BNNeck bias is frozen at zero.
+    assert not model.global_branch.bnneck.bias.requires_grad
+
+
+def test_local_weights_file_loads_and_missing_file_is_a_user_error(tmp_path):
+    from magnifier.errors import UserError
+
+    src = ResNetBackbone("resnet18")
+    import torchvision
+
+    ref = torchvision.models.resnet18()
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    loaded = ResNetBackbone("resnet18", weights=str(tmp_path / "r18.pth"))
+    torch.testing.assert_close(loaded.layer1[0].conv1.weight, ref.layer1[0].conv1.weight)
+    assert not torch.equal(src.layer1[0].conv1.weight, loaded.layer1[0].conv1.weight)
+    with pytest.raises(UserError, match="no such file"):
+        ResNetBackbone("resnet18", weights=str(tmp_path / "missing.pth"))
+
+
+def test_label_smoothing_matches_the_formula():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    target = torch.tensor([0])
+    eps, c = 0.1, 3
+    logp = torch.log_softmax(logits, 1)[0]
+    expected = -((1 - eps + eps / c) * logp[0] + eps / c * (logp[1] + logp[2]))
+    torch.testing.assert_close(cross_entropy_label_smooth(logits, target, eps), expected)
+
+
+def test_batch_hard_triplet_on_hand_made_points():
+    # Two identities on a line: A at 0 and 1, B at 3 and 5.
+    feats = torch.tensor([[0.0], [1.0], [3.0], [5.0]])
+    pids = torch.tensor([0, 0, 1, 1])
+    # hardest positive / nearest negative per anchor: (1,3), (1,2), (2,2), (2,4)
+    expected = (max(0, 1 - 3 + 0.3) + max(0, 1 - 2 + 0.3) + max(0, 2 - 2 + 0.3) + max(0, 2 - 4 + 0.3)) / 4
+    loss, acc = batch_hard_triplet_loss(feats, pids, margin=0.3)
+    assert math.isclose(loss.item(), expected, rel_tol=1e-5)
+    assert math.isclose(acc.item(), 0.75)  # anchors 0, 1 and 3 have d_an > d_ap; anchor 2 ties
+    soft, _ = batch_hard_triplet_loss(feats, pids, margin=None)
+    ref = sum(math.log1p(math.exp(a - b)) for a, b in [(1, 3), (1, 2), (2, 2), (2, 4)]) / 4
+    assert math.isclose(soft.item(), ref, rel_tol=1e-5)
+
+
+def test_composite_loss_reports_every_term_and_weights_the_total():
+    out = {"global_logits": torch.randn(8, 4), "global_feat": torch.randn(8, 16)}
+    pids = torch.arange(4).repeat_interleave(2)
+    terms = ReIDLoss(id_weight=2.0, triplet_weight=0.5)(out, pids)
+    torch.testing.assert_close(terms["loss"], 2.0 * terms["id"] + 0.5 * terms["triplet"])
+    assert set(terms) == {"loss", "id", "triplet", "triplet_acc"}
+
+
+def test_backward_reaches_every_trainable_parameter():
+    model = Baseline(num_classes=4, backbone="resnet18")
+    x = torch.randn(8, 3, 64, 32)
+    pids = torch.arange(4).repeat_interleave(2)
+    ReIDLoss()(model(x), pids)["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not missing
+
+
+def test_warmup_then_step_decay():
+    f = lambda e: warmup_multistep(e, warmup_epochs=10, warmup_factor=0.01, milestones=[40, 70], gamma=0.1)  # noqa: E731
+    assert math.isclose(f(0), 0.01)
+    assert math.isclose(f(5), 0.01 * 0.5 + 0.5)
+    assert f(10) == 1.0 and f(39) == 1.0
+    assert math.isclose(f(40), 0.1) and math.isclose(f(69), 0.1)
+    assert math.isclose(f(70), 0.01)
