@@ -48,7 +48,7 @@ def test_defaults_are_the_synthetic_quick_run(tmp_path):
     assert cfg.model.backbone.name == "resnet18"
     assert cfg.logger.wandb.offline is True
     assert cfg.callbacks.model_checkpoint.monitor == "val/mAP"
-    assert cfg.callbacks.model_checkpoint.save_last is True
+    assert cfg.callbacks.last_checkpoint.filename == "last"
     duke = compose(["dataset=duke"], output_dir=str(tmp_path))
     assert duke.dataset.name == "duke" and duke.model.backbone.name == "resnet50"
     # A command-line choice beats the dataset's preferred backbone.

@@ -1,0 +1,86 @@
+"""Real short training runs through the Hydra entry point (python -m magnifier.train)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import tiny_overrides
+
+
+def _train(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, "-m", "magnifier.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _run_dir(log_dir: Path) -> Path:
+    runs = sorted((log_dir / "train" / "runs").iterdir())
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_short_training_run_evaluates_prints_table_and_keeps_checkpoints_and_wandb_run(tiny_data_dir, tmp_path):
+    logs = tmp_path / "logs"
+    args = tiny_overrides(tiny_data_dir) + [
+        f"paths.log_dir={logs}",
+        "trainer.max_epochs=2",
+        "trainer.check_val_every_n_epoch=1",
+        "trainer.log_every_n_steps=1",
+    ]
+    run = _train(args, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    # The closing table: a header and one row of five percentages, then the best checkpoint.
+    m = re.search(r"rank1\s+rank5\s+rank10\s+mAP\s+mINP\n\s*([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\nbest checkpoint: (\S+)", out)
+    assert m, out[-2000:]
+    r1, r5, r10, mAP, mINP = (float(m.group(i)) for i in range(1, 6))
+    assert 0 <= r1 <= r5 <= r10 <= 100 and 0 < mAP <= 100 and 0 < mINP <= 100
+    best = Path(m.group(6))
+    run_dir = _run_dir(logs)
+    assert best.is_file() and best.parent == run_dir / "checkpoints"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("run-*.wandb"))
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["hyper_parameters"]["num_classes"] == 8
+
+    # Resume: ckpt_path continues from epoch 2 to 3 instead of starting again.
+    logs2 = tmp_path / "logs2"
+    resumed = _train(
+        tiny_overrides(tiny_data_dir) + [f"paths.log_dir={logs2}", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=1",
+                                          f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "logger=csv", "test=false"],
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    last = torch.load(_run_dir(logs2) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2 and last["global_step"] == ckpt["global_step"] * 3 // 2
+
+
+def test_fast_dev_run_debug_preset(tiny_data_dir, tmp_path):
+    run = _train(tiny_overrides(tiny_data_dir) + [f"paths.log_dir={tmp_path}/logs", "debug=fast_dev_run"], cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_missing_checkpoint_is_a_user_error(tiny_data_dir, tmp_path):
+    run = _train(tiny_overrides(tiny_data_dir) + [f"paths.log_dir={tmp_path}/logs", f"ckpt_path={tmp_path}/nope.ckpt"], cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == f"error: ckpt_path={tmp_path}/nope.ckpt: no such checkpoint file"
+
+
+def test_two_process_ddp_on_cpu(tiny_data_dir, tmp_path):
+    run = _train(
+        tiny_overrides(tiny_data_dir) + [f"paths.log_dir={tmp_path}/logs", "trainer=ddp_sim", "trainer.max_epochs=1",
+                                          "trainer.check_val_every_n_epoch=1", "logger=csv", "dataset.batch_size=8"],
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "rank1" in run.stdout
