@@ -38,7 +38,6 @@ Lightning integration (read from ``pytorch_lightning`` / ``lightning_fabric`` 2.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
