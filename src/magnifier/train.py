@@ -50,6 +50,7 @@ def train(cfg: DictConfig) -> dict:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
+    from magnifier.data.dataset import LabelMapError
     from magnifier.module import ReIDModule
 
     # The GPU check comes before any data is touched: a wrong trainer.gpus fails in a second.
@@ -69,7 +70,9 @@ def train(cfg: DictConfig) -> dict:
     else:
         datamodule.load()
     container = OmegaConf.to_container(cfg, resolve=True)
-    module = ReIDModule(net=container["model"], loss=container["loss"], optim=container["optim"])
+    module = ReIDModule(
+        net=container["model"], loss=container["loss"], optim=container["optim"], channels_last=cfg.get("channels_last", False)
+    )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer = pl.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False)
@@ -84,6 +87,9 @@ def train(cfg: DictConfig) -> dict:
         if cfg.get("test", True) and not kwargs.get("fast_dev_run"):
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    except LabelMapError as err:
+        # Raised in a loader worker, the message carries the worker's traceback: keep its last line.
+        raise UserError(str(err).strip().splitlines()[-1].split("LabelMapError: ")[-1]) from None
     finally:
         _finish_wandb(loggers)
     if trainer.is_global_zero:

@@ -30,7 +30,8 @@ class ReIDDataModule(pl.LightningDataModule):
         root: the dataset folder or a parent that holds it under its official name.
         height, width: network input size.
         num_instances: K, images per identity in a batch; ``batch_size`` = P x K.
-        use_masks: read part label maps for training (the model issue needs them).
+        use_masks: read part label maps for training (the parsing head, SRB and SFB need them).
+        eval_masks: also read query/gallery label maps (for ``model.gt_masks_at_test``, analysis only).
         synthetic: generator parameters; the synthetic dataset is built in ``prepare_data`` when
             it is missing or was built with other parameters.
     """
@@ -51,6 +52,7 @@ class ReIDDataModule(pl.LightningDataModule):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         use_masks: bool = True,
+        eval_masks: bool = False,
         seed: int = 0,
         synthetic: dict[str, Any] | None = None,
     ):
@@ -59,7 +61,7 @@ class ReIDDataModule(pl.LightningDataModule):
         self.height, self.width = height, width
         self.batch_size, self.num_instances, self.test_batch_size = batch_size, num_instances, test_batch_size
         self.num_workers = num_workers
-        self.use_masks = use_masks
+        self.use_masks, self.eval_masks = use_masks, eval_masks
         self.seed = seed
         self.synthetic = dict(synthetic or {})
         self.train_transform = build_transforms(height, width, True, flip_p, pad, erasing_p, tuple(mean), tuple(std))
@@ -102,8 +104,11 @@ class ReIDDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         data = self.load()
         self.train_set = ReIDImageDataset(data.train, self.train_transform, with_masks=self.use_masks)
-        self.query_set = ReIDImageDataset(data.query, self.test_transform)
-        self.gallery_set = ReIDImageDataset(data.gallery, self.test_transform)
+        try:
+            self.query_set = ReIDImageDataset(data.query, self.test_transform, with_masks=self.eval_masks)
+            self.gallery_set = ReIDImageDataset(data.gallery, self.test_transform, with_masks=self.eval_masks)
+        except ValueError as err:
+            raise UserError(f"dataset.eval_masks=true but {err}; eval masks go under {data.root}/masks/<split>/") from None
         self.eval_set = _QueryGallery(self.query_set, self.gallery_set)
 
     # -- loaders ------------------------------------------------------------------------------

@@ -10,6 +10,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .datasets.base import ImageRecord
+from .parts import NUM_PARTS
+
+# A label map may differ from its image in size (parsers often work at another resolution) but
+# not in shape: beyond this relative aspect-ratio difference it belongs to another image.
+MAX_ASPECT_MISMATCH = 0.1
+
+
+class LabelMapError(ValueError):
+    """A part label map that cannot be used; the message names the file."""
 
 
 def read_image(path: str) -> np.ndarray:
@@ -21,9 +30,30 @@ def read_image(path: str) -> np.ndarray:
 def read_label_map(path: str) -> np.ndarray:
     """(H, W) uint8 part labels from a PNG (mode L or P) or a .npy file."""
     if path.endswith(".npy"):
-        return np.load(path).astype(np.uint8)
-    with Image.open(path) as img:
-        return np.asarray(img)
+        label = np.load(path)
+    else:
+        with Image.open(path) as img:
+            label = np.asarray(img)
+    if label.ndim != 2:
+        raise LabelMapError(f"label map {path} has shape {label.shape}; expected one channel of part labels (H, W)")
+    if label.size and (label.min() < 0 or label.max() >= NUM_PARTS):
+        raise LabelMapError(
+            f"label map {path} has values {int(label.min())}..{int(label.max())}; part labels must be 0..{NUM_PARTS - 1}"
+        )
+    return label.astype(np.uint8)
+
+
+def match_label_map(label: np.ndarray, image_hw: tuple[int, int], path: str) -> np.ndarray:
+    """Bring ``label`` (h, w) to the image's (H, W) by nearest neighbour, refusing other shapes."""
+    if label.shape == tuple(image_hw):
+        return label
+    h, w = label.shape
+    H, W = image_hw
+    if h == 0 or w == 0 or abs((h / w) / (H / W) - 1) > MAX_ASPECT_MISMATCH:
+        raise LabelMapError(
+            f"label map {path} is {h}x{w} but its image is {H}x{W}; the aspect ratios differ, so it cannot be resized to match"
+        )
+    return np.asarray(Image.fromarray(label).resize((W, H), Image.NEAREST))
 
 
 class ReIDImageDataset(Dataset):
@@ -51,10 +81,7 @@ class ReIDImageDataset(Dataset):
         image = read_image(rec.path)
         sample = {"pid": rec.pid, "camid": rec.camid, "index": index, "path": rec.path}
         if self.with_masks:
-            label = read_label_map(rec.mask_path)
-            if label.shape != image.shape[:2]:
-                # Masks of another size are brought to the image grid by nearest neighbour.
-                label = np.asarray(Image.fromarray(label).resize(image.shape[1::-1], Image.NEAREST))
+            label = match_label_map(read_label_map(rec.mask_path), image.shape[:2], rec.mask_path)
             out = self.transform(image=image, mask=label)
             sample["mask"] = torch.as_tensor(out["mask"]).long()
         else:

@@ -1,7 +1,16 @@
-"""Losses: identity, triplet and their weighted composition."""
+"""Losses: identity, triplet, parsing, semantic diversity and their weighted composition."""
 
 from .composite import ReIDLoss
+from .diversity import semantic_diversity_loss
 from .identity import cross_entropy_label_smooth
+from .parsing import class_balanced_parsing_loss
 from .triplet import batch_hard_triplet_loss, pairwise_euclidean
 
-__all__ = ["ReIDLoss", "batch_hard_triplet_loss", "cross_entropy_label_smooth", "pairwise_euclidean"]
+__all__ = [
+    "ReIDLoss",
+    "batch_hard_triplet_loss",
+    "class_balanced_parsing_loss",
+    "cross_entropy_label_smooth",
+    "pairwise_euclidean",
+    "semantic_diversity_loss",
+]

@@ -1,20 +1,30 @@
-"""The weighted sum of ReID losses, each term reported by name."""
+"""The weighted sum of MagnifierNet's losses, each term reported by name."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .diversity import semantic_diversity_loss
 from .identity import cross_entropy_label_smooth
+from .parsing import class_balanced_parsing_loss
 from .triplet import batch_hard_triplet_loss
 
 
 class ReIDLoss(nn.Module):
-    """Global ID (label-smoothed) + batch-hard triplet, weighted.
+    """Every loss of MagnifierNet; a term is computed when its weight is non-zero and the model
+    produced what it needs, so one loss serves the baseline and every ablation.
 
-    ``forward(outputs, pids)`` takes the model's training dict (``global_logits`` (N, C),
-    ``global_feat`` (N, D)) and pids (N,), and returns a dict of scalars: ``loss`` (the weighted
-    total that is back-propagated), one entry per term (unweighted) and ``triplet_acc``.
+    ``forward(outputs, pids)`` takes the model's training dict and pids (N,) and returns a dict
+    of scalars: ``loss`` (the weighted total that is back-propagated), each term unweighted
+    (``id``, ``triplet``, ``parsing``, ``srb``, ``region``, ``sfb``, ``sfb_triplet``,
+    ``diversity``) and ``triplet_acc``. Weights (the paper's defaults in ``conf/loss/magnifier.yaml``):
+
+        total = id_weight * id + triplet_weight * triplet + parsing_weight * parsing
+              + srb_weight * beta * srb + region_weight * sum_i beta_i * region_i
+              + sfb_weight * sfb + sfb_triplet_weight * sfb_triplet + diversity_weight * diversity
+
+    The ``region`` entry reported is sum_i beta_i * region_i (what the weight multiplies).
     """
 
     def __init__(
@@ -23,19 +33,54 @@ class ReIDLoss(nn.Module):
         triplet_weight: float = 1.0,
         label_smoothing: float = 0.1,
         margin: float | None = 0.3,
+        parsing_weight: float = 0.0,
+        srb_weight: float = 0.0,
+        region_weight: float = 0.0,
+        sfb_weight: float = 0.0,
+        sfb_triplet_weight: float = 0.0,
+        diversity_weight: float = 0.0,
     ):
         super().__init__()
-        self.id_weight, self.triplet_weight = id_weight, triplet_weight
         self.label_smoothing, self.margin = label_smoothing, margin
+        self.weights = {
+            "id": id_weight,
+            "triplet": triplet_weight,
+            "parsing": parsing_weight,
+            "srb": srb_weight,
+            "region": region_weight,
+            "sfb": sfb_weight,
+            "sfb_triplet": sfb_triplet_weight,
+            "diversity": diversity_weight,
+        }
+
+    def _id(self, logits: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+        return cross_entropy_label_smooth(logits, pids, self.label_smoothing)
 
     def forward(self, outputs: dict[str, torch.Tensor], pids: torch.Tensor) -> dict[str, torch.Tensor]:
+        w = self.weights
         terms: dict[str, torch.Tensor] = {}
-        total = outputs["global_logits"].new_zeros((), dtype=torch.float32)
-        if self.id_weight:
-            terms["id"] = cross_entropy_label_smooth(outputs["global_logits"], pids, self.label_smoothing)
-            total = total + self.id_weight * terms["id"]
-        if self.triplet_weight:
+        scale: dict[str, torch.Tensor | float] = {}
+        if w["id"]:
+            terms["id"] = self._id(outputs["global_logits"], pids)
+        if w["triplet"]:
             terms["triplet"], terms["triplet_acc"] = batch_hard_triplet_loss(outputs["global_feat"], pids, self.margin)
-            total = total + self.triplet_weight * terms["triplet"]
+        if w["parsing"] and "parsing_logits" in outputs:
+            terms["parsing"] = class_balanced_parsing_loss(outputs["parsing_logits"], outputs["parsing_target"])
+        if w["srb"] and "srb_logits" in outputs:
+            terms["srb"] = self._id(outputs["srb_logits"], pids)
+            scale["srb"] = outputs["srb_beta"].detach()
+        if w["region"] and "sfb_region_logits" in outputs:
+            betas = outputs["sfb_region_betas"].detach()
+            terms["region"] = sum(b * self._id(lg, pids) for b, lg in zip(betas, outputs["sfb_region_logits"]))
+        if w["sfb"] and "sfb_logits" in outputs:
+            terms["sfb"] = self._id(outputs["sfb_logits"], pids)
+        if w["sfb_triplet"] and "sfb_feat" in outputs:
+            terms["sfb_triplet"], _ = batch_hard_triplet_loss(outputs["sfb_feat"], pids, self.margin)
+        if w["diversity"] and "sfb_region_feats" in outputs:
+            terms["diversity"] = semantic_diversity_loss(outputs["sfb_region_feats"])
+        total = outputs["global_logits"].new_zeros((), dtype=torch.float32)
+        for name, value in terms.items():
+            if name in w:
+                total = total + w[name] * scale.get(name, 1.0) * value
         terms["loss"] = total
         return terms

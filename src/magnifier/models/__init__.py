@@ -1,6 +1,16 @@
-"""Models: backbones and the ReID networks built on them."""
+"""Models: backbones, MagnifierNet's branches, MagnifierNet and the strong baseline."""
 
 from .backbones import ResNetBackbone
 from .baseline import Baseline
+from .branches import GlobalBranch, ParsingHead, SemanticFusionBranch, SemanticRegularizationBranch
+from .magnifier import MagnifierNet
 
-__all__ = ["Baseline", "ResNetBackbone"]
+__all__ = [
+    "Baseline",
+    "GlobalBranch",
+    "MagnifierNet",
+    "ParsingHead",
+    "ResNetBackbone",
+    "SemanticFusionBranch",
+    "SemanticRegularizationBranch",
+]

@@ -1,0 +1,24 @@
+"""Class-balanced pixel cross-entropy for the parsing head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def class_balanced_parsing_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over the part classes present in the batch of each class's mean pixel cross-entropy.
+
+    logits (N, R, h, w); labels (N, H, W) long, brought to (h, w) by nearest neighbour. Small
+    parts (feet, lower arms) weigh as much as the background, as in EANet's part-segmentation
+    loss that MagnifierNet's authors use. Computed in float32.
+    """
+    if tuple(labels.shape[-2:]) != tuple(logits.shape[-2:]):
+        labels = F.interpolate(labels[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0].long()
+    pixel = F.cross_entropy(logits.float(), labels, reduction="none").flatten()  # (N*h*w,)
+    flat = labels.flatten()
+    num_classes = logits.shape[1]
+    sums = torch.zeros(num_classes, device=pixel.device).index_add_(0, flat, pixel)
+    counts = torch.bincount(flat, minlength=num_classes).float()
+    present = counts > 0
+    return (sums[present] / counts[present]).mean()

@@ -1,0 +1,221 @@
+"""MagnifierNet's branches on top of the backbone's layer3 / layer4 maps.
+
+Shapes use N images, C3/C4 channels of layer3/layer4 (1024/2048 for ResNet-50), h x w the
+feature grid (24 x 12 for a 384 x 192 input with last stride 1) and R = 8 part labels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import Bottleneck
+
+from magnifier.data.parts import LOWER_BODY, NUM_PARTS, UPPER_BODY
+
+
+def init_bnneck(bn: nn.BatchNorm1d) -> nn.BatchNorm1d:
+    """BNNeck: BatchNorm1d whose bias is frozen at zero (Luo et al., the strong baseline)."""
+    nn.init.ones_(bn.weight)
+    nn.init.zeros_(bn.bias)
+    bn.bias.requires_grad_(False)
+    return bn
+
+
+def init_classifier(fc: nn.Linear) -> nn.Linear:
+    nn.init.normal_(fc.weight, std=0.001)
+    return fc
+
+
+class GlobalBranch(nn.Module):
+    """GAP on layer4 -> feature (triplet) -> BNNeck -> bias-free classifier (ID loss).
+
+    ``forward(f4)`` with f4 (N, C, h, w) returns ``(feat, bn_feat, logits)``: (N, C), (N, C),
+    (N, num_classes).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.bnneck = init_bnneck(nn.BatchNorm1d(in_channels))
+        self.classifier = init_classifier(nn.Linear(in_channels, num_classes, bias=False))
+
+    def forward(self, f4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feat = F.adaptive_avg_pool2d(f4, 1).flatten(1)
+        bn_feat = self.bnneck(feat)
+        return feat, bn_feat, self.classifier(bn_feat)
+
+
+def labels_to_grid(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Part labels (N, H, W) long -> (N, h, w) long by nearest neighbour (labels never blend)."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+def _bottleneck(channels: int) -> Bottleneck:
+    """A fresh ResNet bottleneck keeping ``channels`` (channels // 4 inside, x4 expansion out)."""
+    return Bottleneck(channels, channels // 4)
+
+
+class ParsingHead(nn.Module):
+    """Predicts part labels from layer4 so a deployed model needs no external parser.
+
+    (N, C4, h, w) -> logits (N, R, 2h, 2w): 3x3 ConvTranspose stride 2 -> BN -> ReLU -> 1x1 conv.
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int = 256, num_parts: int = NUM_PARTS):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, mid_channels, 3, stride=2, padding=1, output_padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(mid_channels)
+        self.classifier = nn.Conv2d(mid_channels, num_parts, 1)
+
+    def forward(self, f4: torch.Tensor) -> torch.Tensor:
+        return self.classifier(F.relu(self.bn(self.up(f4))))
+
+
+class SemanticRegularizationBranch(nn.Module):
+    """SRB: learns from layer3 features whose semantic regions are erased (a synthetic occlusion).
+
+    Training: ``erase_upper`` regions of {head, torso, upper arm, lower arm} and ``erase_lower``
+    of {upper leg, lower leg, foot} are zeroed on the feature grid, one choice for the whole
+    batch (``per_sample=False``, the authors' code) or one per image. Evaluation: no erasing.
+    Then global max pooling -> 1x1 conv to ``out_channels`` -> BNNeck -> classifier.
+
+    ``forward(f3, labels)`` with f3 (N, C3, h, w) and labels (N, h, w) returns ``feat`` (N, D)
+    pre-BN, ``bn_feat`` (N, D), ``logits`` (N, num_classes), ``beta`` (0-dim: sigmoid of the kept
+    fraction of positions) and ``keep`` (N, h, w) bool.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        out_channels: int | None = None,
+        erase_upper: int = 2,
+        erase_lower: int = 1,
+        per_sample: bool = False,
+    ):
+        super().__init__()
+        if not 0 <= erase_upper <= len(UPPER_BODY) or not 0 <= erase_lower <= len(LOWER_BODY):
+            raise ValueError(
+                f"erase_upper must be in 0..{len(UPPER_BODY)} and erase_lower in 0..{len(LOWER_BODY)}, "
+                f"got {erase_upper} and {erase_lower}"
+            )
+        out_channels = out_channels or in_channels
+        self.erase_upper, self.erase_lower, self.per_sample = erase_upper, erase_lower, per_sample
+        self.bottleneck = _bottleneck(in_channels)
+        self.reduce = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.bnneck = init_bnneck(nn.BatchNorm1d(out_channels))
+        self.classifier = init_classifier(nn.Linear(out_channels, num_classes, bias=False))
+        self.out_channels = out_channels
+
+    def choose_erased(self, n: int, device: torch.device) -> torch.Tensor:
+        """(n or 1, erase_upper + erase_lower) long: the part labels to erase."""
+        upper = torch.tensor(UPPER_BODY, device=device)
+        lower = torch.tensor(LOWER_BODY, device=device)
+        rows = []
+        for _ in range(n if self.per_sample else 1):
+            u = upper[torch.randperm(len(upper), device=device)[: self.erase_upper]]
+            lo = lower[torch.randperm(len(lower), device=device)[: self.erase_lower]]
+            rows.append(torch.cat([u, lo]))
+        return torch.stack(rows)
+
+    def forward(self, f3: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        x = self.bottleneck(f3)
+        if self.training and labels is not None and self.erase_upper + self.erase_lower > 0:
+            erased = self.choose_erased(x.shape[0], x.device)  # (1 or N, E)
+            keep = ~(labels[:, :, :, None] == erased[:, None, None, :]).any(-1)  # (N, h, w)
+            x = x * keep[:, None].to(x.dtype)
+        else:
+            keep = torch.ones(x.shape[0], *x.shape[-2:], dtype=torch.bool, device=x.device)
+        beta = torch.sigmoid(keep.float().mean())
+        feat = self.reduce(F.adaptive_max_pool2d(x, 1)).flatten(1)
+        bn_feat = self.bnneck(feat)
+        return {"feat": feat, "bn_feat": bn_feat, "logits": self.classifier(bn_feat), "beta": beta, "keep": keep}
+
+
+class SemanticFusionBranch(nn.Module):
+    """SFB: one vector per part region, fused in the fixed part order.
+
+    layer3 -> its own bottleneck -> for each of the R labels, masked global max pooling over the
+    region's positions -> R region vectors (N, C3). Each has its own BNNeck + classifier. The
+    fusion reads them in the order background, head, torso, upper arm, lower arm, upper leg,
+    lower leg, foot:
+      * ``lstm`` (default): a single-layer LSTM (C3 -> C3); its last hidden state is the fused vector;
+      * ``concat``: each region reduced to C3 / R by a 1x1 projection, concatenated (the
+        authors' ablation);
+      * ``attention``: a gate scores each region vector (a small MLP), softmax over the regions
+        present in the image, and the fused vector is the gated sum of linearly projected regions.
+    The fused vector (N, C3) -> BNNeck -> classifier.
+
+    ``forward(f3, labels)`` returns ``region_feats`` (R, N, C3) pre-BN, ``region_logits``
+    (R, N, num_classes), ``region_betas`` (R,) = sigmoid(area fraction of each region in the
+    batch), ``feat`` (N, C3) fused pre-BN, ``bn_feat`` and ``logits``.
+    """
+
+    FUSIONS = ("lstm", "concat", "attention")
+
+    def __init__(self, in_channels: int, num_classes: int, fusion: str = "lstm", num_parts: int = NUM_PARTS):
+        super().__init__()
+        if fusion not in self.FUSIONS:
+            raise ValueError(f"fusion must be one of {self.FUSIONS}, got {fusion!r}")
+        self.fusion, self.num_parts = fusion, num_parts
+        c = in_channels
+        self.bottleneck = _bottleneck(c)
+        self.region_bns = nn.ModuleList(init_bnneck(nn.BatchNorm1d(c)) for _ in range(num_parts))
+        self.region_classifiers = nn.ModuleList(
+            init_classifier(nn.Linear(c, num_classes, bias=False)) for _ in range(num_parts)
+        )
+        if fusion == "lstm":
+            self.lstm = nn.LSTM(c, c, num_layers=1, batch_first=True)
+        elif fusion == "concat":
+            if c % num_parts:
+                raise ValueError(f"concat fusion needs channels divisible by {num_parts}, got {c}")
+            self.project = nn.ModuleList(nn.Linear(c, c // num_parts, bias=False) for _ in range(num_parts))
+        else:
+            self.gate = nn.Sequential(nn.Linear(c, c // 16), nn.ReLU(inplace=True), nn.Linear(c // 16, 1))
+            self.value = nn.Linear(c, c, bias=False)
+        self.bnneck = init_bnneck(nn.BatchNorm1d(c))
+        self.classifier = init_classifier(nn.Linear(c, num_classes, bias=False))
+        self.out_channels = c
+
+    def forward(self, f3: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.bottleneck(f3)  # ends in ReLU, so masking by 0 then max-pooling is a masked max
+        regions, areas = [], []
+        for part in range(self.num_parts):
+            m = (labels == part).to(x.dtype)  # (N, h, w)
+            regions.append((x * m[:, None]).amax(dim=(2, 3)))  # an absent region gives a zero vector
+            areas.append(m.float().mean())
+        region_feats = torch.stack(regions)  # (R, N, C)
+        region_betas = torch.sigmoid(torch.stack(areas))
+        region_logits = torch.stack(
+            [cls(bn(f)) for f, bn, cls in zip(region_feats, self.region_bns, self.region_classifiers)]
+        )
+        fused = self.fuse(region_feats, torch.stack(areas_per_image(labels, self.num_parts)))
+        bn_feat = self.bnneck(fused)
+        return {
+            "region_feats": region_feats,
+            "region_logits": region_logits,
+            "region_betas": region_betas,
+            "feat": fused,
+            "bn_feat": bn_feat,
+            "logits": self.classifier(bn_feat),
+        }
+
+    def fuse(self, region_feats: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """(R, N, C) region vectors, (R, N) region presence -> (N, C) fused vector."""
+        if self.fusion == "lstm":
+            _, (h, _) = self.lstm(region_feats.transpose(0, 1))  # batch_first: (N, R, C)
+            return h[-1]
+        if self.fusion == "concat":
+            return torch.cat([p(f) for p, f in zip(self.project, region_feats)], dim=1)
+        scores = self.gate(region_feats).squeeze(-1)  # (R, N)
+        scores = scores.masked_fill(present <= 0, float("-inf"))
+        # An image with no region at all (cannot happen with a background label) falls back to uniform.
+        weights = torch.nan_to_num(torch.softmax(scores.float(), dim=0), nan=1.0 / self.num_parts).to(region_feats.dtype)
+        return (weights[..., None] * self.value(region_feats)).sum(0)
+
+
+def areas_per_image(labels: torch.Tensor, num_parts: int) -> list[torch.Tensor]:
+    """Per-image area fraction of each part: R tensors of shape (N,)."""
+    return [(labels == p).float().mean(dim=(1, 2)) for p in range(num_parts)]
