@@ -139,3 +139,45 @@ def test_empty_dataset_folder_names_folder_and_fix(tmp_path):
     msg = str(err.value)
     assert "DukeMTMC-reID/bounding_box_train is empty" in msg and "MAGNIFIER_DATA" in msg
     assert "0001_c2_f0046182.jpg" in msg
+
+
+def _one_record_dataset(tmp_path, label: np.ndarray, suffix: str = ".png"):
+    from PIL import Image
+
+    from magnifier.data.dataset import ReIDImageDataset
+    from magnifier.data.datasets import ImageRecord
+
+    img_path, mask_path = tmp_path / "0001_c1s1_000001_01.jpg", tmp_path / f"0001_c1s1_000001_01{suffix}"
+    Image.fromarray(np.zeros((64, 32, 3), np.uint8)).save(img_path)
+    if suffix == ".npy":
+        np.save(mask_path, label)
+    else:
+        Image.fromarray(label).save(mask_path)
+    rec = ImageRecord(str(img_path), 0, 0, str(mask_path))
+    return ReIDImageDataset([rec], build_transforms(64, 32, train=False), with_masks=True), str(mask_path)
+
+
+def test_label_values_outside_the_scheme_name_the_file(tmp_path):
+    from magnifier.data.dataset import LabelMapError
+
+    label = np.zeros((64, 32), np.uint8)
+    label[0, 0] = 12
+    ds, path = _one_record_dataset(tmp_path, label)
+    with pytest.raises(LabelMapError, match=rf"label map {path} has values 0..12; part labels must be 0..7"):
+        ds[0]
+
+
+def test_label_maps_of_another_size_are_resized_or_refused(tmp_path):
+    from magnifier.data.dataset import LabelMapError
+
+    half = np.ones((32, 16), np.uint8) * 3  # same aspect ratio: resized by nearest neighbour
+    ds, _ = _one_record_dataset(tmp_path, half, ".npy")
+    assert (ds[0]["mask"] == 3).all() and ds[0]["mask"].shape == (64, 32)
+    square = np.ones((32, 32), np.uint8)
+    ds, path = _one_record_dataset(tmp_path, square)
+    with pytest.raises(LabelMapError, match=rf"label map {path} is 32x32 but its image is 64x32"):
+        ds[0]
+    rgb = np.ones((64, 32, 3), np.uint8)
+    ds, path = _one_record_dataset(tmp_path, rgb, ".npy")
+    with pytest.raises(LabelMapError, match="expected one channel"):
+        ds[0]

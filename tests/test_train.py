@@ -83,3 +83,34 @@ def test_two_process_ddp_on_cpu(tiny_data_dir, tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "rank1" in run.stdout
+
+
+MODELS = ["baseline", "baseline_parsing", "sab", "sfb", "magnifier"]
+EXPECTED_TERMS = {
+    "baseline": {"id", "triplet"},
+    "baseline_parsing": {"id", "triplet", "parsing"},
+    "sab": {"id", "triplet", "parsing", "srb"},
+    "sfb": {"id", "triplet", "parsing", "region", "sfb", "sfb_triplet", "diversity"},
+    "magnifier": {"id", "triplet", "parsing", "srb", "region", "sfb", "sfb_triplet", "diversity"},
+}
+
+
+def test_every_ablation_config_builds_and_trains_a_few_steps(tiny_data_dir, tmp_path):
+    from magnifier.train import train
+
+    from .conftest import compose
+
+    for model in MODELS:
+        out = tmp_path / model
+        cfg = compose(
+            tiny_overrides(tiny_data_dir)
+            + [f"model={model}", "logger=csv", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+               "trainer.check_val_every_n_epoch=1", "test=false", "~callbacks.progress_bar",
+               "trainer.enable_model_summary=false"],
+            output_dir=str(out),
+        )
+        metrics = train(cfg)
+        logged = {k.split("/", 1)[1] for k in metrics if k.startswith("train/")}
+        assert EXPECTED_TERMS[model] <= logged, (model, logged)
+        assert not ({"parsing", "srb", "sfb", "diversity"} - EXPECTED_TERMS[model]) & logged, (model, logged)
+        assert "val/mAP" in metrics and (out / "checkpoints" / "last.ckpt").is_file()

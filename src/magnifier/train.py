@@ -69,7 +69,9 @@ def train(cfg: DictConfig) -> dict:
         print(datamodule.load().summary(), flush=True)
     else:
         datamodule.load()
-    container = OmegaConf.to_container(cfg, resolve=True)
+    # The run's resolved config (without Hydra's own node, present when composed in tests).
+    container = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                 for k, v in cfg.items() if k != "hydra"}
     module = ReIDModule(
         net=container["model"], loss=container["loss"], optim=container["optim"], channels_last=cfg.get("channels_last", False)
     )

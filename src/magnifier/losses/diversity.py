@@ -7,7 +7,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .precision import float32_loss
 
+
+@float32_loss
 def semantic_diversity_loss(region_feats: torch.Tensor | Sequence[torch.Tensor], eps: float = 1e-6) -> torch.Tensor:
     """Mean over region pairs i < j of the batch-mean cosine similarity cos(f_i, f_j), clamped at 0.
 

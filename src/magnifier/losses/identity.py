@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import float32_loss
 
+
+@float32_loss
 def cross_entropy_label_smooth(logits: torch.Tensor, targets: torch.Tensor, epsilon: float = 0.1) -> torch.Tensor:
     """Label-smoothed cross-entropy (Szegedy et al.), as in the strong baseline.
 

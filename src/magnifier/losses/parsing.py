@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import float32_loss
 
+
+@float32_loss
 def class_balanced_parsing_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean over the part classes present in the batch of each class's mean pixel cross-entropy.
 

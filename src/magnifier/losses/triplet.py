@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import float32_loss
+
 
 def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
     """(N, D) -> (N, N) Euclidean distances, clamped so the sqrt gradient stays finite."""
@@ -13,6 +15,7 @@ def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
     return d2.clamp_min(1e-12).sqrt()
 
 
+@float32_loss
 def batch_hard_triplet_loss(
     features: torch.Tensor, pids: torch.Tensor, margin: float | None = 0.3
 ) -> tuple[torch.Tensor, torch.Tensor]:
