@@ -138,3 +138,43 @@ def test_runs_from_any_working_directory(tmp_path):
     assert shown.returncode == 0, shown.stderr
     cfg = OmegaConf.create(shown.stdout)
     assert cfg.paths.root_dir == str(REPO)
+
+
+@pytest.mark.parametrize(
+    "experiment,dataset,milestones,diversity",
+    [
+        ("market_paper", "market", [40, 70], 0.01),
+        ("duke_paper", "duke", [40, 70], 0.01),
+        ("cuhk03_labeled_paper", "cuhk03_labeled", [40], 0.01),
+        ("cuhk03_detected_paper", "cuhk03_detected", [40], 0.001),
+    ],
+)
+def test_paper_recipes(experiment, dataset, milestones, diversity, tmp_path):
+    cfg = compose([f"experiment={experiment}"], output_dir=str(tmp_path))
+    assert cfg.dataset.name == dataset
+    assert (cfg.dataset.height, cfg.dataset.width, cfg.dataset.batch_size, cfg.dataset.num_instances) == (384, 192, 64, 4)
+    assert cfg.dataset.erasing_p == 0.5
+    assert cfg.model._target_ == "magnifier.models.MagnifierNet"
+    assert cfg.model.parsing and cfg.model.srb and cfg.model.sfb and cfg.model.fusion == "lstm"
+    assert cfg.model.backbone.name == "resnet50" and cfg.model.backbone.pretrained is True
+    assert (cfg.optim.optimizer.lr, cfg.optim.optimizer.weight_decay) == (3.5e-4, 5e-4)
+    assert cfg.optim.scheduler.warmup_epochs == 10 and list(cfg.optim.scheduler.milestones) == milestones
+    loss = cfg.loss
+    assert (loss.id_weight, loss.triplet_weight, loss.label_smoothing, loss.margin) == (1.0, 1.0, 0.1, 0.3)
+    assert (loss.parsing_weight, loss.srb_weight, loss.region_weight) == (2.0, 1.0, 0.0125)
+    assert (loss.sfb_weight, loss.sfb_triplet_weight, loss.diversity_weight) == (1.0, 1.0, diversity)
+
+
+def test_ablation_ladder_configs(tmp_path):
+    flags = {}
+    for model in ["baseline_parsing", "sab", "sfb", "magnifier"]:
+        m = compose([f"model={model}"], output_dir=str(tmp_path)).model
+        flags[model] = (m.parsing, m.srb, m.sfb)
+    assert flags == {
+        "baseline_parsing": (True, False, False),
+        "sab": (True, True, False),
+        "sfb": (True, False, True),
+        "magnifier": (True, True, True),
+    }
+    assert compose([], output_dir=str(tmp_path)).model._target_ == "magnifier.models.MagnifierNet"
+    assert compose(["model=baseline"], output_dir=str(tmp_path)).model._target_ == "magnifier.models.Baseline"

@@ -100,3 +100,19 @@ def test_warmup_then_step_decay():
     assert f(10) == 1.0 and f(39) == 1.0
     assert math.isclose(f(40), 0.1) and math.isclose(f(69), 0.1)
     assert math.isclose(f(70), 0.01)
+
+
+def test_pretrained_without_network_is_one_clear_line(monkeypatch):
+    import urllib.error
+
+    from magnifier.errors import UserError
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(UserError) as err:
+        ResNetBackbone("resnet50", pretrained=True)
+    msg = str(err.value)
+    assert "\n" not in msg and "could not get ImageNet weights for resnet50" in msg
+    assert "model.backbone.weights=" in msg

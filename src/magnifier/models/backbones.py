@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import socket
 from pathlib import Path
 
 import torch
@@ -71,13 +74,22 @@ def _load_local(net: nn.Module, path: str) -> None:
         raise UserError(f"model.backbone.weights={path}: {len(missing)} backbone weights missing (e.g. {missing[0]})")
 
 
+#: Seconds a stalled weight download may wait on the network before it fails.
+DOWNLOAD_TIMEOUT_S = 30
+
+
 def _load_imagenet(net: nn.Module, name: str, weights) -> None:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a black-holed network must not hang the run
     try:
-        state = weights.get_state_dict(progress=False)
+        with contextlib.redirect_stderr(io.StringIO()):  # torch.hub's "Downloading ..." line
+            state = weights.get_state_dict(progress=False)
     except Exception as err:  # no network, proxy refusal, corrupt cache: say so in one line
         raise UserError(
             f"could not get ImageNet weights for {name} ({type(err).__name__}: {err}); "
             "without internet, download them elsewhere and set model.backbone.weights=/path/file.pth, "
             "or set model.backbone.pretrained=false"
         ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
     net.load_state_dict(state)

@@ -38,6 +38,9 @@ MARKET = MarketStyleSpec(
     "market", ("Market-1501-v15.09.15", "Market-1501"), r"^(-?\d+)_c(\d)s\d_\d+_\d+", "0002_c1s1_000451_03.jpg"
 )
 DUKE = MarketStyleSpec("duke", ("DukeMTMC-reID",), r"^(\d+)_c(\d)_f\d+", "0001_c2_f0046182.jpg")
+# CUHK03-NP (Zhong et al.'s 767/700 split) in the Market layout, PNG images like 0001_c1_1.png.
+CUHK03_LABELED = MarketStyleSpec("cuhk03_labeled", ("cuhk03-np/labeled", "labeled"), r"^(\d+)_c(\d)_\d+", "0001_c1_1.png")
+CUHK03_DETECTED = MarketStyleSpec("cuhk03_detected", ("cuhk03-np/detected", "detected"), r"^(\d+)_c(\d)_\d+", "0001_c1_1.png")
 SYNTHETIC = MarketStyleSpec("synthetic", ("synthetic",), MARKET.pattern, MARKET.example)
 
 
