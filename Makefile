@@ -39,6 +39,7 @@ test-slow: install
 
 bench: install
 	$(PY) benchmarks/throughput.py $(ARGS)
+	$(PY) benchmarks/model_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

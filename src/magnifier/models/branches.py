@@ -180,18 +180,22 @@ class SemanticFusionBranch(nn.Module):
         self.out_channels = c
 
     def forward(self, f3: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.bottleneck(f3)  # ends in ReLU, so masking by 0 then max-pooling is a masked max
-        regions, areas = [], []
-        for part in range(self.num_parts):
-            m = (labels == part).to(x.dtype)  # (N, h, w)
-            regions.append((x * m[:, None]).amax(dim=(2, 3)))  # an absent region gives a zero vector
-            areas.append(m.float().mean())
-        region_feats = torch.stack(regions)  # (R, N, C)
-        region_betas = torch.sigmoid(torch.stack(areas))
+        x = self.bottleneck(f3)  # ends in ReLU (>= 0), so a zero start makes this a masked max
+        n, c = x.shape[:2]
+        # Masked global max pooling of all regions in one pass: scatter each position's feature
+        # into its region's slot with an amax reduction. An absent region stays a zero vector.
+        index = labels.reshape(n, 1, -1).expand(n, c, -1)
+        pooled = x.new_zeros(n, c, self.num_parts).scatter_reduce(
+            2, index, x.reshape(n, c, -1), reduce="amax", include_self=True
+        )
+        region_feats = pooled.permute(2, 0, 1)  # (R, N, C)
+        # Area fraction of each region per image (N, R); their batch mean gives beta_i.
+        areas = F.one_hot(labels.reshape(n, -1), self.num_parts).float().mean(1)
+        region_betas = torch.sigmoid(areas.mean(0))
         region_logits = torch.stack(
             [cls(bn(f)) for f, bn, cls in zip(region_feats, self.region_bns, self.region_classifiers)]
         )
-        fused = self.fuse(region_feats, torch.stack(areas_per_image(labels, self.num_parts)))
+        fused = self.fuse(region_feats, areas.t())
         bn_feat = self.bnneck(fused)
         return {
             "region_feats": region_feats,
@@ -215,7 +219,3 @@ class SemanticFusionBranch(nn.Module):
         weights = torch.nan_to_num(torch.softmax(scores.float(), dim=0), nan=1.0 / self.num_parts).to(region_feats.dtype)
         return (weights[..., None] * self.value(region_feats)).sum(0)
 
-
-def areas_per_image(labels: torch.Tensor, num_parts: int) -> list[torch.Tensor]:
-    """Per-image area fraction of each part: R tensors of shape (N,)."""
-    return [(labels == p).float().mean(dim=(1, 2)) for p in range(num_parts)]
