@@ -35,6 +35,24 @@ def _check_logger(cfg: DictConfig) -> None:
         )
 
 
+def _check_attributes(cfg: DictConfig, datamodule) -> None:
+    """The attribute branch needs an attribute file with as many bits as it predicts."""
+    want = int(cfg.model.get("attributes") or 0)
+    if not want:
+        return
+    if not cfg.dataset.get("attributes"):
+        raise UserError(
+            f"model.attributes={want} needs identity attributes: set dataset.attributes to Lin et al.'s "
+            "market_attribute.mat (30 bits) or duke_attribute.mat (23 bits), or model.attributes=0"
+        )
+    have = datamodule.num_attributes
+    if have != want:
+        raise UserError(
+            f"model.attributes={want} but dataset.attributes={datamodule.attribute_path()} gives {have} bits "
+            f"per identity; set model.attributes={have}"
+        )
+
+
 def format_results(metrics: dict, best_ckpt: str | None) -> str:
     """The closing table: rank-1/5/10, mAP, mINP in percent, and the best checkpoint's path."""
     from magnifier.module import METRIC_KEYS
@@ -69,6 +87,7 @@ def train(cfg: DictConfig) -> dict:
         print(datamodule.load().summary(), flush=True)
     else:
         datamodule.load()
+    _check_attributes(cfg, datamodule)
     # The run's resolved config (without Hydra's own node, present when composed in tests).
     container = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                  for k, v in cfg.items() if k != "hydra"}

@@ -11,7 +11,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from magnifier.errors import UserError
 
-from .dataset import ReIDImageDataset
+from .dataset import MissingAttributesError, ReIDImageDataset
 from .datasets import ReIDData, load_dataset
 from .samplers import RandomIdentitySampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
@@ -23,7 +23,8 @@ class ReIDDataModule(pl.LightningDataModule):
     Training batches are dicts: ``image`` (N, 3, H, W) float, ``mask`` (N, H, W) long part labels,
     ``pid`` (N,), ``camid`` (N,), ``index`` (N,), ``path`` (list of N str), with N = P x K from
     :class:`RandomIdentitySampler`. The evaluation loader yields query then gallery images (no
-    masks) with an extra ``is_query`` (N,) bool.
+    masks) with an extra ``is_query`` (N,) bool. With ``attributes`` set, training batches also
+    carry ``attributes`` (N, A) float: each image's identity-level binary attribute vector.
 
     Args:
         name: the dataset's config name (``synthetic``, ``market``, ``duke``).
@@ -34,6 +35,9 @@ class ReIDDataModule(pl.LightningDataModule):
         eval_masks: also read query/gallery label maps (for ``model.gt_masks_at_test``, analysis only).
         synthetic: generator parameters; the synthetic dataset is built in ``prepare_data`` when
             it is missing or was built with other parameters.
+        attributes: Lin et al.'s ``market_attribute.mat`` / ``duke_attribute.mat`` (a relative
+            path is read from the dataset folder) for the model's attribute branch; see
+            :mod:`magnifier.data.attributes` for the binary vector (30 bits Market, 23 Duke).
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class ReIDDataModule(pl.LightningDataModule):
         eval_masks: bool = False,
         seed: int = 0,
         synthetic: dict[str, Any] | None = None,
+        attributes: str | None = None,
     ):
         super().__init__()
         self.name, self.root = name, str(root)
@@ -64,6 +69,8 @@ class ReIDDataModule(pl.LightningDataModule):
         self.use_masks, self.eval_masks = use_masks, eval_masks
         self.seed = seed
         self.synthetic = dict(synthetic or {})
+        self.attributes = attributes
+        self.attribute_names: list[str] | None = None
         self.train_transform = build_transforms(height, width, True, flip_p, pad, erasing_p, tuple(mean), tuple(std))
         self.test_transform = build_transforms(height, width, False, mean=tuple(mean), std=tuple(std))
         self.data: ReIDData | None = None
@@ -101,9 +108,41 @@ class ReIDDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return self.load().num_train_pids
 
+    def attribute_path(self) -> str | None:
+        """``attributes`` with a relative path resolved against the dataset folder."""
+        if not self.attributes:
+            return None
+        path = os.path.expanduser(str(self.attributes))
+        return path if os.path.isabs(path) else os.path.join(self.load().root, path)
+
+    def load_attributes(self) -> dict[int, Any] | None:
+        """``{original pid: (A,) float32}`` from the attribute file, or None without one."""
+        path = self.attribute_path()
+        if path is None:
+            return None
+        from .attributes import read_attributes
+
+        table, self.attribute_names = read_attributes(path)
+        return table
+
+    @property
+    def num_attributes(self) -> int:
+        """Bits of the attribute vector (0 without an attribute file)."""
+        if self.attribute_names is None and self.attributes:
+            self.load_attributes()
+        return len(self.attribute_names or ())
+
     def setup(self, stage: str | None = None) -> None:
         data = self.load()
-        self.train_set = ReIDImageDataset(data.train, self.train_transform, with_masks=self.use_masks)
+        table = self.load_attributes()
+        try:
+            self.train_set = ReIDImageDataset(
+                data.train, self.train_transform, with_masks=self.use_masks, attributes=table
+            )
+        except MissingAttributesError as err:
+            raise UserError(
+                f"dataset.attributes={self.attribute_path()}: {err} among the training identities"
+            ) from None
         try:
             self.query_set = ReIDImageDataset(data.query, self.test_transform, with_masks=self.eval_masks)
             self.gallery_set = ReIDImageDataset(data.gallery, self.test_transform, with_masks=self.eval_masks)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -56,11 +56,23 @@ def match_label_map(label: np.ndarray, image_hw: tuple[int, int], path: str) -> 
     return np.asarray(Image.fromarray(label).resize((W, H), Image.NEAREST))
 
 
+class MissingAttributesError(ValueError):
+    """Identities without an attribute vector."""
+
+
 class ReIDImageDataset(Dataset):
     """Returns dicts: ``image`` (3, H, W) float, ``mask`` (H, W) long when ``with_masks``,
-    ``pid``, ``camid``, ``index`` (position in this dataset) and ``path``."""
+    ``pid``, ``camid``, ``index`` (position in this dataset) and ``path``; with ``attributes``
+    (``{original pid: (A,) float array}``) also ``attributes`` (A,) float32, looked up by each
+    record's original pid."""
 
-    def __init__(self, records: Sequence[ImageRecord], transform, with_masks: bool = False):
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        transform,
+        with_masks: bool = False,
+        attributes: Mapping[int, np.ndarray] | None = None,
+    ):
         self.records = list(records)
         self.transform = transform
         self.with_masks = with_masks
@@ -68,6 +80,12 @@ class ReIDImageDataset(Dataset):
             missing = [r.path for r in self.records if r.mask_path is None]
             if missing:
                 raise ValueError(f"{len(missing)} image(s) have no label map, e.g. {missing[0]}")
+        self.attributes = None
+        if attributes is not None:
+            unknown = sorted({r.original_pid for r in self.records} - set(attributes))
+            if unknown:
+                raise MissingAttributesError(f"{len(unknown)} identities have no attributes, e.g. pid {unknown[0]}")
+            self.attributes = {pid: torch.as_tensor(np.asarray(v, np.float32)) for pid, v in attributes.items()}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -87,4 +105,6 @@ class ReIDImageDataset(Dataset):
         else:
             out = self.transform(image=image)
         sample["image"] = out["image"]
+        if self.attributes is not None:
+            sample["attributes"] = self.attributes[rec.original_pid]
         return sample

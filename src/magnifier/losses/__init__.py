@@ -1,5 +1,6 @@
-"""Losses: identity, triplet, parsing, semantic diversity and their weighted composition."""
+"""Losses: identity, triplet, parsing, semantic diversity, attributes and their weighted composition."""
 
+from .attributes import attribute_bce_loss
 from .composite import ReIDLoss
 from .diversity import semantic_diversity_loss
 from .identity import cross_entropy_label_smooth
@@ -8,6 +9,7 @@ from .triplet import batch_hard_triplet_loss, pairwise_euclidean
 
 __all__ = [
     "ReIDLoss",
+    "attribute_bce_loss",
     "batch_hard_triplet_loss",
     "class_balanced_parsing_loss",
     "cross_entropy_label_smooth",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from magnifier.errors import UserError
+
+from .attributes import attribute_bce_loss
 from .diversity import semantic_diversity_loss
 from .identity import cross_entropy_label_smooth
 from .parsing import class_balanced_parsing_loss
@@ -15,14 +18,19 @@ class ReIDLoss(nn.Module):
     """Every loss of MagnifierNet; a term is computed when its weight is non-zero and the model
     produced what it needs, so one loss serves the baseline and every ablation.
 
-    ``forward(outputs, pids)`` takes the model's training dict and pids (N,) and returns a dict
-    of scalars: ``loss`` (the weighted total that is back-propagated), each term unweighted
-    (``id``, ``triplet``, ``parsing``, ``srb``, ``region``, ``sfb``, ``sfb_triplet``,
-    ``diversity``) and ``triplet_acc``. Weights (the paper's defaults in ``conf/loss/magnifier.yaml``):
+    ``forward(outputs, pids, attributes=None)`` takes the model's training dict, pids (N,) and
+    the batch's attribute vectors (N, A) when there are any, and returns a dict of scalars:
+    ``loss`` (the weighted total that is back-propagated), each term unweighted (``id``,
+    ``triplet``, ``parsing``, ``srb``, ``region``, ``sfb``, ``sfb_triplet``, ``diversity``,
+    ``attribute``) and ``triplet_acc``. Weights (the paper's defaults in ``conf/loss/magnifier.yaml``):
 
         total = id_weight * id + triplet_weight * triplet + parsing_weight * parsing
               + srb_weight * beta * srb + region_weight * sum_i beta_i * region_i
               + sfb_weight * sfb + sfb_triplet_weight * sfb_triplet + diversity_weight * diversity
+              + attribute_weight * attribute
+
+    ``attribute`` is the binary cross-entropy of ``attr_logits`` against ``attributes`` (only
+    when the model has the attribute branch).
 
     The ``region`` entry reported is sum_i beta_i * region_i (what the weight multiplies).
     """
@@ -39,6 +47,7 @@ class ReIDLoss(nn.Module):
         sfb_weight: float = 0.0,
         sfb_triplet_weight: float = 0.0,
         diversity_weight: float = 0.0,
+        attribute_weight: float = 0.0,
     ):
         super().__init__()
         self.label_smoothing, self.margin = label_smoothing, margin
@@ -51,12 +60,29 @@ class ReIDLoss(nn.Module):
             "sfb": sfb_weight,
             "sfb_triplet": sfb_triplet_weight,
             "diversity": diversity_weight,
+            "attribute": attribute_weight,
         }
+
+    @staticmethod
+    def _attribute(logits: torch.Tensor, attributes: torch.Tensor | None) -> torch.Tensor:
+        if attributes is None:
+            raise UserError(
+                "the model predicts attributes (model.attributes > 0) but the batch has none; set "
+                "dataset.attributes to the attribute file (e.g. market_attribute.mat) or model.attributes=0"
+            )
+        if attributes.shape != logits.shape:
+            raise UserError(
+                f"model.attributes={logits.shape[1]} but the attribute file gives {attributes.shape[-1]} "
+                f"bits per identity; set model.attributes={attributes.shape[-1]}"
+            )
+        return attribute_bce_loss(logits, attributes.to(logits.device))
 
     def _id(self, logits: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
         return cross_entropy_label_smooth(logits, pids, self.label_smoothing)
 
-    def forward(self, outputs: dict[str, torch.Tensor], pids: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: dict[str, torch.Tensor], pids: torch.Tensor, attributes: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         w = self.weights
         terms: dict[str, torch.Tensor] = {}
         scale: dict[str, torch.Tensor | float] = {}
@@ -78,6 +104,8 @@ class ReIDLoss(nn.Module):
             terms["sfb_triplet"], _ = batch_hard_triplet_loss(outputs["sfb_feat"], pids, self.margin)
         if w["diversity"] and "sfb_region_feats" in outputs:
             terms["diversity"] = semantic_diversity_loss(outputs["sfb_region_feats"])
+        if w["attribute"] and "attr_logits" in outputs:
+            terms["attribute"] = self._attribute(outputs["attr_logits"], attributes)
         total = outputs["global_logits"].new_zeros((), dtype=torch.float32)
         for name, value in terms.items():
             if name in w:

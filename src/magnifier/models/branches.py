@@ -148,9 +148,13 @@ class SemanticFusionBranch(nn.Module):
         present in the image, and the fused vector is the gated sum of linearly projected regions.
     The fused vector (N, C3) -> BNNeck -> classifier.
 
-    ``forward(f3, labels)`` returns ``region_feats`` (R, N, C3) pre-BN, ``region_logits``
-    (R, N, num_classes), ``region_betas`` (R,) = sigmoid(area fraction of each region in the
-    batch), ``feat`` (N, C3) fused pre-BN, ``bn_feat`` and ``logits``.
+    ``forward(f3, labels, region_masks=None)`` returns ``region_feats`` (R, N, C3) pre-BN,
+    ``region_logits`` (R, N, num_classes), ``region_betas`` (R,) = sigmoid(area fraction of
+    each region's labels in the batch), ``feat`` (N, C3) fused pre-BN, ``bn_feat`` and
+    ``logits``. ``region_masks`` (N, R, h, w) float, when given, replaces the hard masks of the
+    labels in the pooling: region r's vector is max over positions of x * m_r (the soft masks
+    of the attribute branch, :func:`magnifier.models.attributes.soft_region_masks`); the
+    betas still come from the labels.
     """
 
     FUSIONS = ("lstm", "concat", "attention")
@@ -179,16 +183,23 @@ class SemanticFusionBranch(nn.Module):
         self.classifier = init_classifier(nn.Linear(c, num_classes, bias=False))
         self.out_channels = c
 
-    def forward(self, f3: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, f3: torch.Tensor, labels: torch.Tensor, region_masks: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         x = self.bottleneck(f3)  # ends in ReLU (>= 0), so a zero start makes this a masked max
         n, c = x.shape[:2]
-        # Masked global max pooling of all regions in one pass: scatter each position's feature
-        # into its region's slot with an amax reduction. An absent region stays a zero vector.
-        index = labels.reshape(n, 1, -1).expand(n, c, -1)
-        pooled = x.new_zeros(n, c, self.num_parts).scatter_reduce(
-            2, index, x.reshape(n, c, -1), reduce="amax", include_self=True
-        )
-        region_feats = pooled.permute(2, 0, 1)  # (R, N, C)
+        if region_masks is None:
+            # Masked global max pooling of all regions in one pass: scatter each position's feature
+            # into its region's slot with an amax reduction. An absent region stays a zero vector.
+            index = labels.reshape(n, 1, -1).expand(n, c, -1)
+            pooled = x.new_zeros(n, c, self.num_parts).scatter_reduce(
+                2, index, x.reshape(n, c, -1), reduce="amax", include_self=True
+            )
+            region_feats = pooled.permute(2, 0, 1)  # (R, N, C)
+        else:
+            # Soft masks: one weighted max per region (x >= 0, so a zero weight excludes a position).
+            masks = region_masks.to(x.dtype)
+            region_feats = torch.stack([(x * masks[:, r, None]).amax((2, 3)) for r in range(self.num_parts)])
         # Area fraction of each region per image (N, R); their batch mean gives beta_i.
         areas = F.one_hot(labels.reshape(n, -1), self.num_parts).float().mean(1)
         region_betas = torch.sigmoid(areas.mean(0))

@@ -1,4 +1,5 @@
-"""MagnifierNet (arXiv 2002.10979): global branch + parsing head + SRB + SFB on a ResNet."""
+"""MagnifierNet (arXiv 2002.10979): global branch + parsing head + SRB + SFB on a ResNet,
+with an optional attribute branch."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attributes import AttributeBranch, soft_region_masks
 from .backbones import ResNetBackbone
 from .branches import GlobalBranch, ParsingHead, SemanticFusionBranch, SemanticRegularizationBranch, labels_to_grid
 
@@ -22,7 +24,8 @@ class MagnifierNet(nn.Module):
     ``global_feat`` (N, C4) / ``global_logits`` (N, K); with the parsing head
     ``parsing_logits`` (N, 8, 2h, 2w); with the SRB ``srb_feat``, ``srb_logits``, ``srb_beta``,
     ``srb_keep``; with the SFB ``sfb_region_feats`` (8, N, C3), ``sfb_region_logits``
-    (8, N, K), ``sfb_region_betas`` (8,), ``sfb_feat`` (N, C3), ``sfb_logits`` (N, K).
+    (8, N, K), ``sfb_region_betas`` (8,), ``sfb_feat`` (N, C3), ``sfb_logits`` (N, K); with the
+    attribute branch ``attr_logits`` (N, A) and ``attr_maps`` (N, 4, h, w).
 
     Eval mode: ``model(images)`` returns the L2-normalised embedding (N, D): the BN features
     of the branches in ``embedding`` concatenated (D = 2048 + 1024 + 1024 = 4096 for ResNet-50
@@ -40,6 +43,16 @@ class MagnifierNet(nn.Module):
         srb_channels: the SRB's output width (default: layer3's width, 1024 for ResNet-50).
         embedding: which branches make the test embedding (default: every enabled one).
         gt_masks_at_test: in eval mode, use masks passed to forward for the SFB.
+        attributes: A, the bits of the identity-attribute vector (30 for Market-1501, 23 for
+            DukeMTMC-reID with :mod:`magnifier.data.attributes`); 0 (default) switches the
+            attribute branch off. When on, :class:`AttributeBranch` predicts the attributes from
+            layer4 through four attention maps (general, head, upper, lower), and the SFB's region
+            masks are softened with the head/upper/lower maps (also at test time: the maps come
+            from the image), see :func:`soft_region_masks`.
+        attribute_mask_weight: the maps' weight in the SFB masks (0.2 on Market/Duke per the
+            model notes; 0 keeps the hard masks).
+        attribute_groups: sizes of the (general, head, upper, lower) attribute groups; None takes
+            the Market/Duke layout from ``attributes``.
     """
 
     def __init__(
@@ -60,6 +73,9 @@ class MagnifierNet(nn.Module):
         parsing_channels: int = 256,
         embedding: Sequence[str] | None = None,
         gt_masks_at_test: bool = False,
+        attributes: int = 0,
+        attribute_mask_weight: float = 0.2,
+        attribute_groups: Sequence[int] | None = None,
     ):
         super().__init__()
         if isinstance(backbone, str):
@@ -76,6 +92,10 @@ class MagnifierNet(nn.Module):
             else None
         )
         self.sfb = SemanticFusionBranch(c3, num_classes, fusion) if sfb else None
+        if attributes < 0:
+            raise ValueError(f"attributes must be >= 0 (0: no attribute branch), got {attributes}")
+        self.attribute_branch = AttributeBranch(c4, attributes, attribute_groups) if attributes else None
+        self.attribute_mask_weight = attribute_mask_weight
         enabled = [b for b, on in zip(BRANCHES, (True, srb, sfb)) if on]
         self.embedding = list(embedding) if embedding is not None else enabled
         unknown = [b for b in self.embedding if b not in enabled]
@@ -106,6 +126,11 @@ class MagnifierNet(nn.Module):
         out: dict[str, torch.Tensor] = {}
         out["global_feat"], _, out["global_logits"] = self.global_branch(f4)
         labels = labels_to_grid(masks, grid) if masks is not None else None
+        maps = None
+        if self.attribute_branch is not None:
+            attr = self.attribute_branch(f4)
+            out["attr_logits"], out["attr_maps"] = attr["logits"], attr["maps"]
+            maps = attr["maps"]
         if self.parsing_head is not None:
             out["parsing_logits"] = self.parsing_head(f4)
             out["parsing_target"] = masks
@@ -113,7 +138,7 @@ class MagnifierNet(nn.Module):
             srb = self.srb(f3, labels)
             out.update(srb_feat=srb["feat"], srb_logits=srb["logits"], srb_beta=srb["beta"], srb_keep=srb["keep"])
         if self.sfb is not None:
-            sfb = self.sfb(f3, labels)
+            sfb = self.sfb(f3, labels, self._region_masks(labels, maps))
             out.update(
                 sfb_region_feats=sfb["region_feats"],
                 sfb_region_logits=sfb["region_logits"],
@@ -122,6 +147,12 @@ class MagnifierNet(nn.Module):
                 sfb_logits=sfb["logits"],
             )
         return out
+
+    def _region_masks(self, labels: torch.Tensor, maps: torch.Tensor | None) -> torch.Tensor | None:
+        """Soft SFB masks from the attribute maps, or None for the hard masks of the labels."""
+        if maps is None or not self.attribute_mask_weight:
+            return None
+        return soft_region_masks(labels, maps, self.attribute_mask_weight)
 
     def predict_parts(self, f4: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The parsing head's part labels on a (h, w) grid: (N, h, w) long."""
@@ -139,7 +170,9 @@ class MagnifierNet(nn.Module):
                 labels = labels_to_grid(masks, grid)
             else:
                 labels = self.predict_parts(f4, grid)
-            parts.append(self.sfb(f3, labels)["bn_feat"])
+            soft = self.attribute_branch is not None and self.attribute_mask_weight
+            maps = self.attribute_branch.maps(f4) if soft else None
+            parts.append(self.sfb(f3, labels, self._region_masks(labels, maps))["bn_feat"])
         return F.normalize(torch.cat(parts, dim=1).float(), dim=1)
 
     @torch.no_grad()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -12,13 +12,21 @@ class ImageRecord:
 
     ``pid`` is the identity (relabelled 0..N-1 in the training split, original in query and
     gallery; 0 marks a Market-1501 distractor), ``camid`` is 0-based, ``mask_path`` is the
-    part label map of this image when one exists.
+    part label map of this image when one exists. ``orig_pid`` keeps the file name's pid of a
+    relabelled training record (None when ``pid`` is already the original), e.g. to look up
+    identity-level attributes.
     """
 
     path: str
     pid: int
     camid: int
     mask_path: str | None = None
+    orig_pid: int | None = None
+
+    @property
+    def original_pid(self) -> int:
+        """The identity as the dataset's file names give it."""
+        return self.pid if self.orig_pid is None else self.orig_pid
 
 
 @dataclass
@@ -54,9 +62,10 @@ class ReIDData:
 
 
 def relabel(records: list[ImageRecord]) -> list[ImageRecord]:
-    """Map training pids onto 0..N-1 (in sorted pid order) so they index the classifier."""
+    """Map training pids onto 0..N-1 (in sorted pid order) so they index the classifier; the
+    original pid stays in ``orig_pid``."""
     mapping = {pid: i for i, pid in enumerate(sorted({r.pid for r in records}))}
-    return [ImageRecord(r.path, mapping[r.pid], r.camid, r.mask_path) for r in records]
+    return [replace(r, pid=mapping[r.pid], orig_pid=r.original_pid) for r in records]
 
 
 def find_dataset_dir(root: str | Path, official_names: tuple[str, ...]) -> Path:
