@@ -114,3 +114,20 @@ def test_every_ablation_config_builds_and_trains_a_few_steps(tiny_data_dir, tmp_
         assert EXPECTED_TERMS[model] <= logged, (model, logged)
         assert not ({"parsing", "srb", "sfb", "diversity"} - EXPECTED_TERMS[model]) & logged, (model, logged)
         assert "val/mAP" in metrics and (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_bf16_mixed_precision_channels_last_and_gt_masks_at_test_train_through_hydra(tiny_data_dir, tmp_path):
+    from magnifier.train import train
+
+    from .conftest import compose
+
+    cfg = compose(
+        tiny_overrides(tiny_data_dir)
+        + ["logger=csv", "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "trainer.check_val_every_n_epoch=1",
+           "test=false", "~callbacks.progress_bar", "trainer.precision=bf16-mixed", "channels_last=true",
+           "model.gt_masks_at_test=true", "dataset.eval_masks=true"],
+        output_dir=str(tmp_path),
+    )
+    metrics = train(cfg)
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith("train/"))
+    assert 0 < metrics["val/mAP"] <= 1
