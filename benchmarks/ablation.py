@@ -3,10 +3,13 @@
 For each model config (baseline, baseline_parsing, sab, sfb, magnifier) and seed, trains with
 ``python -m magnifier.train model=<m> seed=<s>`` (the synthetic recipe of ``make train``),
 then evaluates the best checkpoint on all queries and on the occluded ones alone
-(``occluded_queries.txt``), and prints a markdown table (rank-1 / mAP in %).
+(``occluded_queries.txt``), and prints a markdown table (rank-1 / mAP in %). For models with
+an SFB it also evaluates with the ground-truth part maps in place of the parsing head's
+prediction, and reports the parsing head's pixel accuracy: how much the predicted parts cost.
 
 Usage: python benchmarks/ablation.py [--models ...] [--seeds 0 1 2] [--log-dir logs/ablation]
-       [--json out.json] [-- extra hydra overrides]
+       [--json out.json] [--reuse] [extra hydra overrides]
+--reuse evaluates the best checkpoint already in the log folder instead of training again.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from magnifier.config import project_root  # noqa: E402
 from magnifier.data import ReIDDataModule  # noqa: E402
@@ -33,7 +37,11 @@ from magnifier.module import ReIDModule  # noqa: E402
 MODELS = ["baseline", "baseline_parsing", "sab", "sfb", "magnifier"]
 
 
-def train(model: str, seed: int, log_dir: Path, extra: list[str]) -> tuple[Path, float]:
+def train(model: str, seed: int, log_dir: Path, extra: list[str], reuse: bool = False) -> tuple[Path, float]:
+    if reuse:
+        found = sorted((log_dir / f"{model}-seed{seed}").glob("train/runs/*/checkpoints/best-*.ckpt"))
+        if found:
+            return found[-1], float("nan")
     args = [sys.executable, "-m", "magnifier.train", f"model={model}", f"seed={seed}", "logger=csv",
             f"paths.log_dir={log_dir / f'{model}-seed{seed}'}", "~callbacks.progress_bar", *extra]
     t0 = time.perf_counter()
@@ -44,26 +52,44 @@ def train(model: str, seed: int, log_dir: Path, extra: list[str]) -> tuple[Path,
     return Path(m.group(1)), time.perf_counter() - t0
 
 
+def _metrics(feats: torch.Tensor, pids, cams, nq: int, occluded: np.ndarray, prefix: str) -> dict[str, float]:
+    dist = torch.cdist(feats[:nq], feats[nq:]).numpy()
+    out = {}
+    for name, sel in (("all", np.ones(nq, bool)), ("occluded", occluded)):
+        r = evaluate_rank(dist[sel], pids[:nq][sel], pids[nq:], cams[:nq][sel], cams[nq:])
+        out[f"{prefix}{name}_rank1"], out[f"{prefix}{name}_mAP"] = 100 * float(r["cmc"][0]), 100 * float(r["mAP"])
+    return out
+
+
 @torch.no_grad()
 def evaluate(ckpt: Path, data_dir: str) -> dict[str, float]:
     module = ReIDModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
-    dm = ReIDDataModule(name="synthetic", root=data_dir, num_workers=2, use_masks=False)
+    net = module.net
+    has_sfb = getattr(net, "sfb", None) is not None
+    dm = ReIDDataModule(name="synthetic", root=data_dir, num_workers=2, use_masks=False, eval_masks=has_sfb)
     dm.setup("test")
-    feats, pids, cams, paths = [], [], [], []
+    feats, gt_feats, pids, cams, paths, hits, pixels = [], [], [], [], [], 0, 0
     for batch in dm.test_dataloader():
-        feats.append(module.net(batch["image"]))
+        net.gt_masks_at_test = False
+        feats.append(net(batch["image"]))
+        if has_sfb:
+            net.gt_masks_at_test = True
+            gt_feats.append(net(batch["image"], batch["mask"]))
+            pred = net.parse(batch["image"])
+            gt = F.interpolate(batch["mask"][:, None].float(), size=pred.shape[-2:], mode="nearest")[:, 0].long()
+            hits, pixels = hits + int((pred == gt).sum()), pixels + gt.numel()
         pids.append(batch["pid"])
         cams.append(batch["camid"])
         paths += batch["path"]
-    f, p, c = torch.cat(feats), torch.cat(pids).numpy(), torch.cat(cams).numpy()
+    net.gt_masks_at_test = False
+    p, c = torch.cat(pids).numpy(), torch.cat(cams).numpy()
     nq = len(dm.query_set)
-    dist = torch.cdist(f[:nq], f[nq:]).numpy()
     occluded = set((Path(dm.data.root) / "occluded_queries.txt").read_text().split())
     occ = np.array([Path(x).name in occluded for x in paths[:nq]])
-    out = {}
-    for name, sel in (("all", np.ones(nq, bool)), ("occluded", occ)):
-        r = evaluate_rank(dist[sel], p[:nq][sel], p[nq:], c[:nq][sel], c[nq:])
-        out[f"{name}_rank1"], out[f"{name}_mAP"] = 100 * float(r["cmc"][0]), 100 * float(r["mAP"])
+    out = _metrics(torch.cat(feats), p, c, nq, occ, "")
+    if has_sfb:
+        out.update(_metrics(torch.cat(gt_feats), p, c, nq, occ, "gt_parts_"))
+        out["parsing_pixel_accuracy"] = 100 * hits / pixels
     out["num_occluded_queries"] = int(occ.sum())
     return out
 
@@ -75,14 +101,16 @@ def main() -> None:
     p.add_argument("--log-dir", default=str(project_root() / "logs" / "ablation"))
     p.add_argument("--data-dir", default=os.environ.get("MAGNIFIER_DATA", str(project_root() / "data")))
     p.add_argument("--json", default=None)
+    p.add_argument("--reuse", action="store_true", help="evaluate existing checkpoints in --log-dir")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = p.parse_args()
     rows = []
     for model in args.models:
         for seed in args.seeds:
-            ckpt, seconds = train(model, seed, Path(args.log_dir), [f"paths.data_dir={args.data_dir}", *args.overrides])
+            extra = [f"paths.data_dir={args.data_dir}", *args.overrides]
+            ckpt, seconds = train(model, seed, Path(args.log_dir), extra, reuse=args.reuse)
             res = evaluate(ckpt, args.data_dir)
-            rows.append({"model": model, "seed": seed, "train_seconds": round(seconds), **res})
+            rows.append({"model": model, "seed": seed, "train_seconds": seconds, "checkpoint": str(ckpt), **res})
             print(json.dumps(rows[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
@@ -93,6 +121,18 @@ def main() -> None:
         mean = {k: np.mean([r[k] for r in sel]) for k in ("all_rank1", "all_mAP", "occluded_rank1", "occluded_mAP")}
         print(f"| {model} | {len(sel)} | {mean['all_rank1']:.1f} | {mean['all_mAP']:.1f} | "
               f"{mean['occluded_rank1']:.1f} | {mean['occluded_mAP']:.1f} |")
+    gt_rows = [r for r in rows if "gt_parts_all_mAP" in r]
+    if gt_rows:
+        print("\nWith ground-truth part maps at test time instead of the parsing head's prediction:")
+        print("| model | parsing pixel accuracy | rank-1 (all) | mAP (all) | rank-1 (occluded) | mAP (occluded) |")
+        print("|---|---|---|---|---|---|")
+        for model in args.models:
+            sel = [r for r in gt_rows if r["model"] == model]
+            if not sel:
+                continue
+            keys = ("parsing_pixel_accuracy", "gt_parts_all_rank1", "gt_parts_all_mAP", "gt_parts_occluded_rank1",
+                    "gt_parts_occluded_mAP")
+            print(f"| {model} | " + " | ".join(f"{np.mean([r[k] for r in sel]):.1f}" for k in keys) + " |")
 
 
 if __name__ == "__main__":
