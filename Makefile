@@ -14,7 +14,7 @@ help:
 	@echo "make train      install, build the synthetic dataset, train with the defaults, print the table"
 	@echo "make test       install, run the test suite (pytest, CPU)"
 	@echo "make test-slow  the tests marked slow"
-	@echo "make bench      data pipeline and training step throughput (benchmarks/)"
+	@echo "make bench      data pipeline, training step, model speed ratio, ranking speed (benchmarks/)"
 	@echo "make data       build the synthetic dataset only"
 
 # The stamp is rebuilt when the package metadata changes, so a pin change reinstalls.
@@ -40,6 +40,7 @@ test-slow: install
 bench: install
 	$(PY) benchmarks/throughput.py $(ARGS)
 	$(PY) benchmarks/model_speed.py
+	$(PY) benchmarks/rank_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info
