@@ -7,6 +7,7 @@ from pathlib import Path
 from magnifier.errors import UserError
 
 from .base import ImageRecord, ReIDData, relabel
+from .msmt17 import read_msmt17
 from .market import CUHK03_DETECTED, CUHK03_LABELED, DUKE, MARKET, SYNTHETIC, MarketStyleSpec, read_market_style
 
 _SPECS: dict[str, MarketStyleSpec] = {s.name: s for s in (MARKET, DUKE, CUHK03_LABELED, CUHK03_DETECTED, SYNTHETIC)}
@@ -14,8 +15,10 @@ _SPECS: dict[str, MarketStyleSpec] = {s.name: s for s in (MARKET, DUKE, CUHK03_L
 
 def load_dataset(name: str, root: str | Path) -> ReIDData:
     """Read dataset ``name`` (its ``conf/dataset/`` name) from ``root``."""
+    if name == "msmt17":
+        return read_msmt17(root)
     if name not in _SPECS:
-        raise UserError(f"unknown dataset '{name}'; known: {', '.join(sorted(_SPECS))}")
+        raise UserError(f"unknown dataset '{name}'; known: {', '.join(sorted([*_SPECS, 'msmt17']))}")
     return read_market_style(_SPECS[name], root)
 
 
