@@ -8,9 +8,18 @@ from magnifier.errors import UserError
 
 from .base import ImageRecord, ReIDData, relabel
 from .msmt17 import read_msmt17
-from .market import CUHK03_DETECTED, CUHK03_LABELED, DUKE, MARKET, SYNTHETIC, MarketStyleSpec, read_market_style
+from .market import (
+    CUHK03_DETECTED,
+    CUHK03_LABELED,
+    DUKE,
+    MARKET,
+    OCCLUDED_DUKE,
+    SYNTHETIC,
+    MarketStyleSpec,
+    read_market_style,
+)
 
-_SPECS: dict[str, MarketStyleSpec] = {s.name: s for s in (MARKET, DUKE, CUHK03_LABELED, CUHK03_DETECTED, SYNTHETIC)}
+_SPECS: dict[str, MarketStyleSpec] = {s.name: s for s in (MARKET, DUKE, OCCLUDED_DUKE, CUHK03_LABELED, CUHK03_DETECTED, SYNTHETIC)}
 
 
 def load_dataset(name: str, root: str | Path) -> ReIDData:

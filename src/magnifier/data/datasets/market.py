@@ -38,6 +38,8 @@ MARKET = MarketStyleSpec(
     "market", ("Market-1501-v15.09.15", "Market-1501"), r"^(-?\d+)_c(\d)s\d_\d+_\d+", "0002_c1s1_000451_03.jpg"
 )
 DUKE = MarketStyleSpec("duke", ("DukeMTMC-reID",), r"^(\d+)_c(\d)_f\d+", "0001_c2_f0046182.jpg")
+# Occluded-Duke (Miao et al., ICCV 2019): DukeMTMC-reID's naming, occluded queries.
+OCCLUDED_DUKE = MarketStyleSpec("occluded_duke", ("Occluded_Duke",), DUKE.pattern, DUKE.example)
 # CUHK03-NP (Zhong et al.'s 767/700 split) in the Market layout, PNG images like 0001_c1_1.png.
 CUHK03_LABELED = MarketStyleSpec("cuhk03_labeled", ("cuhk03-np/labeled", "labeled"), r"^(\d+)_c(\d)_\d+", "0001_c1_1.png")
 CUHK03_DETECTED = MarketStyleSpec("cuhk03_detected", ("cuhk03-np/detected", "detected"), r"^(\d+)_c(\d)_\d+", "0001_c1_1.png")
