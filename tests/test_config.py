@@ -21,7 +21,7 @@ def _options(group: str) -> list[str]:
     return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.glob("*.yaml"))
 
 
-GROUPS = ["dataset", "model", "model/backbone", "loss", "optim", "trainer", "logger", "callbacks", "debug", "paths", "hydra"]
+GROUPS = ["dataset", "masks", "model", "model/backbone", "loss", "optim", "trainer", "logger", "callbacks", "debug", "paths", "hydra"]
 
 
 def test_expected_config_groups_exist():

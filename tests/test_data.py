@@ -181,3 +181,39 @@ def test_label_maps_of_another_size_are_resized_or_refused(tmp_path):
     ds, path = _one_record_dataset(tmp_path, rgb, ".npy")
     with pytest.raises(LabelMapError, match="expected one channel"):
         ds[0]
+
+
+def test_missing_masks_stripes_policy_fills_pseudo_parts(tiny_data_dir, tmp_path, capsys):
+    import shutil
+
+    from magnifier.data.masks import stripe_parts
+
+    root = tmp_path / "synthetic"
+    shutil.copytree(tiny_data_dir / "synthetic", root)
+    first = sorted((root / "masks" / "bounding_box_train").iterdir())[0]
+    first.unlink()
+    dm = _datamodule(tmp_path, missing_masks="stripes", flip_p=0.0, pad=0, erasing_p=0.0)
+    dm.setup("fit")
+    assert "1 of" in capsys.readouterr().out
+    idx = next(i for i, r in enumerate(dm.train_set.records) if r.mask_path is None)
+    sample = dm.train_set[idx]
+    # The tiny fixture's images are 64x32, the network input size: no resize, so exact stripes.
+    assert torch.equal(sample["mask"], torch.as_tensor(stripe_parts(64, 32)).long())
+
+
+def test_lip_label_maps_are_remapped_into_the_8_parts(tmp_path):
+    from PIL import Image
+
+    from magnifier.data.dataset import LabelMapError, read_label_map
+    from magnifier.data.masks import SCHEMES
+
+    lip = np.array([[0, 2, 13], [5, 14, 9], [16, 18, 19]], np.uint8)  # bg, hair, face / upper clothes, arm, pants / leg, shoes
+    path = tmp_path / "m.png"
+    Image.fromarray(lip).save(path)
+    parts = read_label_map(str(path), "lip")
+    assert parts.tolist() == [[0, 1, 1], [2, 4, 5], [6, 7, 7]]
+    assert parts.tolist() == SCHEMES["lip"].lut[lip].tolist()
+    bad = tmp_path / "bad.png"
+    Image.fromarray(np.full((3, 3), 25, np.uint8)).save(bad)
+    with pytest.raises(LabelMapError, match=str(bad)):
+        read_label_map(str(bad), "lip")

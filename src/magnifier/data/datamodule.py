@@ -33,6 +33,10 @@ class ReIDDataModule(pl.LightningDataModule):
         num_instances: K, images per identity in a batch; ``batch_size`` = P x K.
         use_masks: read part label maps for training (the parsing head, SRB and SFB need them).
         eval_masks: also read query/gallery label maps (for ``model.gt_masks_at_test``, analysis only).
+        mask_scheme: the label set the maps are written in (``conf/masks/``: eanet, lip,
+            pascal_person_part, atr), remapped into the 8 parts.
+        missing_masks: ``error`` (stop at set-up, naming the images) or ``stripes``
+            (horizontal-stripe pseudo-parts for training images without a map).
         synthetic: generator parameters; the synthetic dataset is built in ``prepare_data`` when
             it is missing or was built with other parameters.
         attributes: Lin et al.'s ``market_attribute.mat`` / ``duke_attribute.mat`` (a relative
@@ -60,6 +64,8 @@ class ReIDDataModule(pl.LightningDataModule):
         seed: int = 0,
         synthetic: dict[str, Any] | None = None,
         attributes: str | None = None,
+        mask_scheme: str = "eanet",
+        missing_masks: str = "error",
     ):
         super().__init__()
         self.name, self.root = name, str(root)
@@ -70,6 +76,7 @@ class ReIDDataModule(pl.LightningDataModule):
         self.seed = seed
         self.synthetic = dict(synthetic or {})
         self.attributes = attributes
+        self.mask_scheme, self.missing_masks = mask_scheme, missing_masks
         self.attribute_names: list[str] | None = None
         self.train_transform = build_transforms(height, width, True, flip_p, pad, erasing_p, tuple(mean), tuple(std))
         self.test_transform = build_transforms(height, width, False, mean=tuple(mean), std=tuple(std))
@@ -96,11 +103,15 @@ class ReIDDataModule(pl.LightningDataModule):
             self.data = load_dataset(self.name, self.root)
             if self.use_masks:
                 missing = [r.path for r in self.data.train if r.mask_path is None]
-                if missing:
+                if missing and self.missing_masks == "stripes":
+                    print(f"{len(missing)} of {len(self.data.train)} training images have no part label map: "
+                          "using horizontal-stripe pseudo-parts for them (masks.missing=stripes)", flush=True)
+                elif missing:
                     raise UserError(
                         f"{len(missing)} of {len(self.data.train)} training images of '{self.name}' have no part "
-                        f"label map (first: {', '.join(missing[:3])}); put 8-part label maps under "
-                        f"{os.path.join(self.data.root, 'masks', 'bounding_box_train')}/<image stem>.png"
+                        f"label map (first: {', '.join(missing[:3])}); put label maps under "
+                        f"{os.path.join(self.data.root, 'masks')}/<split folder>/<image stem>.png "
+                        "(masks.scheme= names the parser's label set), or set masks.missing=stripes"
                     )
         return self.data
 
@@ -137,15 +148,17 @@ class ReIDDataModule(pl.LightningDataModule):
         table = self.load_attributes()
         try:
             self.train_set = ReIDImageDataset(
-                data.train, self.train_transform, with_masks=self.use_masks, attributes=table
+                data.train, self.train_transform, with_masks=self.use_masks, attributes=table,
+                mask_scheme=self.mask_scheme, missing_masks=self.missing_masks,
             )
         except MissingAttributesError as err:
             raise UserError(
                 f"dataset.attributes={self.attribute_path()}: {err} among the training identities"
             ) from None
         try:
-            self.query_set = ReIDImageDataset(data.query, self.test_transform, with_masks=self.eval_masks)
-            self.gallery_set = ReIDImageDataset(data.gallery, self.test_transform, with_masks=self.eval_masks)
+            kwargs = dict(with_masks=self.eval_masks, mask_scheme=self.mask_scheme)
+            self.query_set = ReIDImageDataset(data.query, self.test_transform, **kwargs)
+            self.gallery_set = ReIDImageDataset(data.gallery, self.test_transform, **kwargs)
         except ValueError as err:
             raise UserError(f"dataset.eval_masks=true but {err}; eval masks go under {data.root}/masks/<split>/") from None
         self.eval_set = _QueryGallery(self.query_set, self.gallery_set)

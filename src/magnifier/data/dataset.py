@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .datasets.base import ImageRecord
+from .masks import LabelScheme, get_scheme, remap, stripe_parts
 from .parts import NUM_PARTS
 
 # A label map may differ from its image in size (parsers often work at another resolution) but
@@ -27,8 +28,9 @@ def read_image(path: str) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def read_label_map(path: str) -> np.ndarray:
-    """(H, W) uint8 part labels from a PNG (mode L or P) or a .npy file."""
+def read_label_map(path: str, scheme: str | LabelScheme = "eanet") -> np.ndarray:
+    """(H, W) uint8 8-part labels from a PNG (mode L or P) or a .npy file written in ``scheme``
+    (a parser's label set, see :mod:`magnifier.data.masks`), remapped into the 8 parts."""
     if path.endswith(".npy"):
         label = np.load(path)
     else:
@@ -36,11 +38,14 @@ def read_label_map(path: str) -> np.ndarray:
             label = np.asarray(img)
     if label.ndim != 2:
         raise LabelMapError(f"label map {path} has shape {label.shape}; expected one channel of part labels (H, W)")
-    if label.size and (label.min() < 0 or label.max() >= NUM_PARTS):
+    if get_scheme(scheme).name == "eanet" and label.size and (label.min() < 0 or label.max() >= NUM_PARTS):
         raise LabelMapError(
             f"label map {path} has values {int(label.min())}..{int(label.max())}; part labels must be 0..{NUM_PARTS - 1}"
         )
-    return label.astype(np.uint8)
+    try:
+        return remap(label, scheme, path)
+    except ValueError as err:
+        raise LabelMapError(str(err)) from None
 
 
 def match_label_map(label: np.ndarray, image_hw: tuple[int, int], path: str) -> np.ndarray:
@@ -64,7 +69,11 @@ class ReIDImageDataset(Dataset):
     """Returns dicts: ``image`` (3, H, W) float, ``mask`` (H, W) long when ``with_masks``,
     ``pid``, ``camid``, ``index`` (position in this dataset) and ``path``; with ``attributes``
     (``{original pid: (A,) float array}``) also ``attributes`` (A,) float32, looked up by each
-    record's original pid."""
+    record's original pid.
+
+    ``mask_scheme`` names the label set the maps were written in (remapped into the 8 parts);
+    ``missing_masks="stripes"`` gives images without a map horizontal-stripe pseudo-parts
+    instead of refusing them."""
 
     def __init__(
         self,
@@ -72,11 +81,17 @@ class ReIDImageDataset(Dataset):
         transform,
         with_masks: bool = False,
         attributes: Mapping[int, np.ndarray] | None = None,
+        mask_scheme: str = "eanet",
+        missing_masks: str = "error",
     ):
         self.records = list(records)
         self.transform = transform
         self.with_masks = with_masks
-        if with_masks:
+        self.mask_scheme = get_scheme(mask_scheme)
+        if missing_masks not in ("error", "stripes"):
+            raise ValueError(f"missing_masks must be 'error' or 'stripes', got {missing_masks!r}")
+        self.missing_masks = missing_masks
+        if with_masks and missing_masks == "error":
             missing = [r.path for r in self.records if r.mask_path is None]
             if missing:
                 raise ValueError(f"{len(missing)} image(s) have no label map, e.g. {missing[0]}")
@@ -99,7 +114,10 @@ class ReIDImageDataset(Dataset):
         image = read_image(rec.path)
         sample = {"pid": rec.pid, "camid": rec.camid, "index": index, "path": rec.path}
         if self.with_masks:
-            label = match_label_map(read_label_map(rec.mask_path), image.shape[:2], rec.mask_path)
+            if rec.mask_path is None:  # only reachable with missing_masks="stripes"
+                label = stripe_parts(*image.shape[:2])
+            else:
+                label = match_label_map(read_label_map(rec.mask_path, self.mask_scheme), image.shape[:2], rec.mask_path)
             out = self.transform(image=image, mask=label)
             sample["mask"] = torch.as_tensor(out["mask"]).long()
         else:
