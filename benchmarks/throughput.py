@@ -82,7 +82,7 @@ def bench_step(backbone: str, batch: int, height: int, width: int, steps: int) -
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50"])
+    p.add_argument("--backbones", nargs="*", default=["resnet18", "resnet50"], help="none: data pipeline only")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=64)
@@ -100,6 +100,8 @@ def main() -> None:
         print(f"\ndata pipeline, one worker, {args.height}x{args.width}:")
         for name, rate in bench_data(root, args.height, args.width).items():
             print(f"  {name:<40} {rate:8.0f} images/s")
+    if not args.backbones:
+        return
     print(f"\ntraining step (baseline, batch {args.batch_size}, {args.height}x{args.width}, forward+backward+Adam):")
     for backbone in args.backbones:
         rate = bench_step(backbone, args.batch_size, args.height, args.width, args.steps)
