@@ -217,3 +217,51 @@ def test_lip_label_maps_are_remapped_into_the_8_parts(tmp_path):
     Image.fromarray(np.full((3, 3), 25, np.uint8)).save(bad)
     with pytest.raises(LabelMapError, match=str(bad)):
         read_label_map(str(bad), "lip")
+
+
+def _copy_tiny(tiny_data_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_data_dir / "synthetic", tmp_path / "synthetic")
+    return tmp_path / "synthetic"
+
+
+def test_bad_training_files_are_reported_at_setup_and_replaced_by_the_same_identity(tiny_data_dir, tmp_path, capsys):
+    root = _copy_tiny(tiny_data_dir, tmp_path)
+    images = sorted((root / "bounding_box_train").iterdir())
+    empty, truncated = images[0], images[1]
+    empty.write_bytes(b"")  # fails the header scan
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])  # header intact: only decoding finds it
+    corrupt_mask = root / "masks" / "bounding_box_train" / (images[2].stem + ".png")
+    corrupt_mask.write_bytes(b"not a png")
+    dm = _datamodule(tmp_path)
+    dm.setup("fit")
+    report = capsys.readouterr().out
+    assert "2 training file(s) of 'synthetic' cannot be read" in report and empty.name in report
+    by_path = {r.path: i for i, r in enumerate(dm.train_set.records)}
+    for path in (empty, truncated, images[2]):
+        i = by_path[str(path)]
+        with pytest.warns(UserWarning, match="same identity"):
+            sample = dm.train_set[i]
+        assert sample["replaced"] is True and sample["pid"] == dm.train_set.records[i].pid
+        assert sample["path"] != str(path) and sample["image"].shape == (3, 64, 32)
+    ok = dm.train_set[by_path[str(images[3])]]
+    assert ok["replaced"] is False
+
+
+def test_on_bad_image_error_stops_at_setup_or_when_drawn(tiny_data_dir, tmp_path):
+    from magnifier.data.dataset import BadFileError
+
+    root = _copy_tiny(tiny_data_dir, tmp_path)
+    images = sorted((root / "bounding_box_train").iterdir())
+    images[0].write_bytes(b"")
+    with pytest.raises(UserError, match=r"1 training file\(s\) of 'synthetic' cannot be read .*on_bad_image=replace"):
+        _datamodule(tmp_path, on_bad_image="error").setup("fit")
+    data = images[1].read_bytes()
+    images[0].write_bytes(data[: len(data) // 2])  # truncated: passes the scan
+    dm = _datamodule(tmp_path, on_bad_image="error")
+    dm.setup("fit")
+    i = next(k for k, r in enumerate(dm.train_set.records) if r.path == str(images[0]))
+    with pytest.raises(BadFileError, match="cannot decode image"):
+        dm.train_set[i]

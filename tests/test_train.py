@@ -131,3 +131,23 @@ def test_bf16_mixed_precision_channels_last_and_gt_masks_at_test_train_through_h
     metrics = train(cfg)
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith("train/"))
     assert 0 < metrics["val/mAP"] <= 1
+
+
+def test_a_broken_training_image_does_not_end_the_run(tiny_data_dir, tmp_path):
+    import shutil
+
+    from magnifier.train import train
+
+    from .conftest import compose
+
+    shutil.copytree(tiny_data_dir / "synthetic", tmp_path / "data" / "synthetic")
+    victim = sorted((tmp_path / "data" / "synthetic" / "bounding_box_train").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:300])
+    overrides = [o for o in tiny_overrides(tiny_data_dir) if not o.startswith("paths.data_dir")]
+    cfg = compose(
+        overrides + [f"paths.data_dir={tmp_path / 'data'}", "logger=csv", "trainer.max_epochs=1", "test=false",
+                     "trainer.check_val_every_n_epoch=1", "~callbacks.progress_bar"],
+        output_dir=str(tmp_path / "out"),
+    )
+    metrics = train(cfg)
+    assert "train/bad_images" in metrics and "val/mAP" in metrics

@@ -82,6 +82,8 @@ class ReIDModule(pl.LightningModule):
         n = batch["image"].shape[0]
         for name, value in terms.items():
             self.log(f"train/{name}", value.detach(), batch_size=n, prog_bar=name == "loss")
+        if "replaced" in batch:  # images that could not be decoded and were swapped for the same identity
+            self.log("train/bad_images", batch["replaced"].sum().float(), batch_size=n, reduce_fx="sum")
         acc = (outputs["global_logits"].argmax(1) == batch["pid"]).float().mean()
         self.log("train/id_acc", acc, batch_size=n, prog_bar=True)
         return terms["loss"]

@@ -11,7 +11,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from magnifier.errors import UserError
 
-from .dataset import MissingAttributesError, ReIDImageDataset
+from .dataset import MissingAttributesError, ReIDImageDataset, unreadable_files
 from .datasets import ReIDData, load_dataset
 from .samplers import RandomIdentitySampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
@@ -37,6 +37,9 @@ class ReIDDataModule(pl.LightningDataModule):
             pascal_person_part, atr), remapped into the 8 parts.
         missing_masks: ``error`` (stop at set-up, naming the images) or ``stripes``
             (horizontal-stripe pseudo-parts for training images without a map).
+        on_bad_image: ``replace`` (default): training images or label maps that cannot be decoded
+            are reported at set-up (a fast header scan) and, when drawn, replaced by another image
+            of the same identity (counted in ``train/bad_images``); ``error`` stops instead.
         synthetic: generator parameters; the synthetic dataset is built in ``prepare_data`` when
             it is missing or was built with other parameters.
         attributes: Lin et al.'s ``market_attribute.mat`` / ``duke_attribute.mat`` (a relative
@@ -66,6 +69,7 @@ class ReIDDataModule(pl.LightningDataModule):
         attributes: str | None = None,
         mask_scheme: str = "eanet",
         missing_masks: str = "error",
+        on_bad_image: str = "replace",
     ):
         super().__init__()
         self.name, self.root = name, str(root)
@@ -77,6 +81,9 @@ class ReIDDataModule(pl.LightningDataModule):
         self.synthetic = dict(synthetic or {})
         self.attributes = attributes
         self.mask_scheme, self.missing_masks = mask_scheme, missing_masks
+        if on_bad_image not in ("replace", "error"):
+            raise UserError(f"dataset.on_bad_image={on_bad_image!r}: use 'replace' or 'error'")
+        self.on_bad_image = on_bad_image
         self.attribute_names: list[str] | None = None
         self.train_transform = build_transforms(height, width, True, flip_p, pad, erasing_p, tuple(mean), tuple(std))
         self.test_transform = build_transforms(height, width, False, mean=tuple(mean), std=tuple(std))
@@ -143,13 +150,27 @@ class ReIDDataModule(pl.LightningDataModule):
             self.load_attributes()
         return len(self.attribute_names or ())
 
+    def _scan_training_files(self, data: ReIDData) -> None:
+        files = [r.path for r in data.train]
+        if self.use_masks:
+            files += [r.mask_path for r in data.train if r.mask_path]
+        bad = unreadable_files(files)
+        if not bad:
+            return
+        head = f"{len(bad)} training file(s) of '{self.name}' cannot be read (first: {', '.join(bad[:3])})"
+        if self.on_bad_image == "error":
+            raise UserError(f"{head}; remove or replace them, or set dataset.on_bad_image=replace")
+        print(f"{head}; each is replaced by another image of the same identity when drawn", flush=True)
+
     def setup(self, stage: str | None = None) -> None:
         data = self.load()
+        if stage in (None, "fit"):
+            self._scan_training_files(data)
         table = self.load_attributes()
         try:
             self.train_set = ReIDImageDataset(
                 data.train, self.train_transform, with_masks=self.use_masks, attributes=table,
-                mask_scheme=self.mask_scheme, missing_masks=self.missing_masks,
+                mask_scheme=self.mask_scheme, missing_masks=self.missing_masks, on_bad_image=self.on_bad_image,
             )
         except MissingAttributesError as err:
             raise UserError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -22,20 +24,54 @@ class LabelMapError(ValueError):
     """A part label map that cannot be used; the message names the file."""
 
 
+class BadFileError(OSError):
+    """An image or label map that cannot be decoded (zero bytes, truncated, not an image)."""
+
+
+# What decoding a broken file raises: PIL's OSError family (UnidentifiedImageError, "image file
+# is truncated"), numpy's ValueError/EOFError for a bad .npy, SyntaxError from some PIL plugins.
+_DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError)
+
+
 def read_image(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+    """(H, W, 3) uint8 RGB; :class:`BadFileError` when the file cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except _DECODE_ERRORS as err:
+        raise BadFileError(f"cannot decode image {path}: {err}") from None
+
+
+def unreadable_files(paths: Sequence[str]) -> list[str]:
+    """The files among ``paths`` that fail a fast header check (empty, or no image header).
+
+    Reads only the first bytes of each file, so a whole training set is scanned in seconds; a file
+    truncated after its header passes here and is caught when it is decoded in training.
+    """
+    bad = []
+    for path in paths:
+        try:
+            if os.path.getsize(path) == 0:
+                bad.append(path)
+            elif not path.endswith(".npy"):
+                with Image.open(path):
+                    pass
+        except _DECODE_ERRORS:
+            bad.append(path)
+    return bad
 
 
 def read_label_map(path: str, scheme: str | LabelScheme = "eanet") -> np.ndarray:
     """(H, W) uint8 8-part labels from a PNG (mode L or P) or a .npy file written in ``scheme``
     (a parser's label set, see :mod:`magnifier.data.masks`), remapped into the 8 parts."""
-    if path.endswith(".npy"):
-        label = np.load(path)
-    else:
-        with Image.open(path) as img:
-            label = np.asarray(img)
+    try:
+        if path.endswith(".npy"):
+            label = np.load(path)
+        else:
+            with Image.open(path) as img:
+                label = np.asarray(img)
+    except _DECODE_ERRORS as err:
+        raise BadFileError(f"cannot decode label map {path}: {err}") from None
     if label.ndim != 2:
         raise LabelMapError(f"label map {path} has shape {label.shape}; expected one channel of part labels (H, W)")
     if get_scheme(scheme).name == "eanet" and label.size and (label.min() < 0 or label.max() >= NUM_PARTS):
@@ -73,7 +109,9 @@ class ReIDImageDataset(Dataset):
 
     ``mask_scheme`` names the label set the maps were written in (remapped into the 8 parts);
     ``missing_masks="stripes"`` gives images without a map horizontal-stripe pseudo-parts
-    instead of refusing them."""
+    instead of refusing them. ``on_bad_image="replace"`` (training) answers an image or label
+    map that cannot be decoded with another image of the same identity and marks the sample
+    ``replaced``, so one broken file never ends a long run; ``"error"`` raises instead."""
 
     def __init__(
         self,
@@ -83,7 +121,11 @@ class ReIDImageDataset(Dataset):
         attributes: Mapping[int, np.ndarray] | None = None,
         mask_scheme: str = "eanet",
         missing_masks: str = "error",
+        on_bad_image: str = "error",
     ):
+        if on_bad_image not in ("error", "replace"):
+            raise ValueError(f"on_bad_image must be 'error' or 'replace', got {on_bad_image!r}")
+        self.on_bad_image = on_bad_image
         self.records = list(records)
         self.transform = transform
         self.with_masks = with_masks
@@ -109,15 +151,46 @@ class ReIDImageDataset(Dataset):
     def pids(self) -> list[int]:
         return [r.pid for r in self.records]
 
-    def __getitem__(self, index: int) -> dict:
-        rec = self.records[index]
+    def _decode(self, rec: ImageRecord) -> tuple[np.ndarray, np.ndarray | None]:
         image = read_image(rec.path)
-        sample = {"pid": rec.pid, "camid": rec.camid, "index": index, "path": rec.path}
-        if self.with_masks:
-            if rec.mask_path is None:  # only reachable with missing_masks="stripes"
-                label = stripe_parts(*image.shape[:2])
+        if not self.with_masks:
+            return image, None
+        if rec.mask_path is None:  # only reachable with missing_masks="stripes"
+            return image, stripe_parts(*image.shape[:2])
+        return image, match_label_map(read_label_map(rec.mask_path, self.mask_scheme), image.shape[:2], rec.mask_path)
+
+    def _same_identity(self, index: int) -> list[int]:
+        """Other samples of ``index``'s identity, in a fixed order starting after it."""
+        pid = self.records[index].pid
+        if not hasattr(self, "_by_pid"):
+            self._by_pid: dict[int, list[int]] = {}
+            for i, r in enumerate(self.records):
+                self._by_pid.setdefault(r.pid, []).append(i)
+        group = self._by_pid[pid]
+        k = group.index(index)
+        return group[k + 1:] + group[:k]
+
+    def __getitem__(self, index: int) -> dict:
+        rec, replaced = self.records[index], False
+        try:
+            image, label = self._decode(rec)
+        except BadFileError as err:
+            if self.on_bad_image == "error":
+                raise
+            for alt in self._same_identity(index):
+                try:
+                    image, label = self._decode(self.records[alt])
+                except BadFileError:
+                    continue
+                rec, replaced = self.records[alt], True
+                warnings.warn(f"{err}; used {rec.path} (same identity) instead", stacklevel=2)
+                break
             else:
-                label = match_label_map(read_label_map(rec.mask_path, self.mask_scheme), image.shape[:2], rec.mask_path)
+                raise BadFileError(f"{err}, and no other image of identity {rec.pid} can be decoded") from None
+        sample = {"pid": rec.pid, "camid": rec.camid, "index": index, "path": rec.path}
+        if self.on_bad_image == "replace":
+            sample["replaced"] = replaced
+        if label is not None:
             out = self.transform(image=image, mask=label)
             sample["mask"] = torch.as_tensor(out["mask"]).long()
         else:
