@@ -151,3 +151,23 @@ def test_a_broken_training_image_does_not_end_the_run(tiny_data_dir, tmp_path):
     )
     metrics = train(cfg)
     assert "train/bad_images" in metrics and "val/mAP" in metrics
+
+
+def test_short_training_run_on_a_market_layout_fixture_with_label_maps(tiny_data_dir, tmp_path):
+    import shutil
+
+    from magnifier.train import train
+
+    from .conftest import compose
+
+    # The synthetic set is written in the Market-1501 layout and naming: copied under the official
+    # folder name, the Market reader must take it as it is.
+    shutil.copytree(tiny_data_dir / "synthetic", tmp_path / "data" / "Market-1501-v15.09.15")
+    cfg = compose(
+        [f"paths.data_dir={tmp_path / 'data'}", "dataset=market", "dataset.height=64", "dataset.width=32",
+         "dataset.batch_size=16", "dataset.num_workers=0", "model/backbone=resnet18", "logger=csv",
+         "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "test=false", "~callbacks.progress_bar"],
+        output_dir=str(tmp_path / "out"),
+    )
+    metrics = train(cfg)
+    assert metrics["train/parsing"] > 0 and 0 < metrics["val/mAP"] <= 1
