@@ -40,6 +40,7 @@ class ReIDDataModule(pl.LightningDataModule):
         on_bad_image: ``replace`` (default): training images or label maps that cannot be decoded
             are reported at set-up (a fast header scan) and, when drawn, replaced by another image
             of the same identity (counted in ``train/bad_images``); ``error`` stops instead.
+        options: reader options (``folder``: ``csv``, a CSV of path,pid,camid,split).
         synthetic: generator parameters; the synthetic dataset is built in ``prepare_data`` when
             it is missing or was built with other parameters.
         attributes: Lin et al.'s ``market_attribute.mat`` / ``duke_attribute.mat`` (a relative
@@ -70,6 +71,7 @@ class ReIDDataModule(pl.LightningDataModule):
         mask_scheme: str = "eanet",
         missing_masks: str = "error",
         on_bad_image: str = "replace",
+        options: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.name, self.root = name, str(root)
@@ -84,6 +86,7 @@ class ReIDDataModule(pl.LightningDataModule):
         if on_bad_image not in ("replace", "error"):
             raise UserError(f"dataset.on_bad_image={on_bad_image!r}: use 'replace' or 'error'")
         self.on_bad_image = on_bad_image
+        self.options = dict(options or {})
         self.attribute_names: list[str] | None = None
         self.train_transform = build_transforms(height, width, True, flip_p, pad, erasing_p, tuple(mean), tuple(std))
         self.test_transform = build_transforms(height, width, False, mean=tuple(mean), std=tuple(std))
@@ -107,7 +110,7 @@ class ReIDDataModule(pl.LightningDataModule):
     def load(self) -> ReIDData:
         """Index the dataset (file names only, no image is decoded)."""
         if self.data is None:
-            self.data = load_dataset(self.name, self.root)
+            self.data = load_dataset(self.name, self.root, **self.options)
             if self.use_masks:
                 missing = [r.path for r in self.data.train if r.mask_path is None]
                 if missing and self.missing_masks == "stripes":

@@ -7,6 +7,7 @@ from pathlib import Path
 from magnifier.errors import UserError
 
 from .base import ImageRecord, ReIDData, relabel
+from .folder import read_folder
 from .msmt17 import read_msmt17
 from .market import (
     CUHK03_DETECTED,
@@ -22,12 +23,17 @@ from .market import (
 _SPECS: dict[str, MarketStyleSpec] = {s.name: s for s in (MARKET, DUKE, OCCLUDED_DUKE, CUHK03_LABELED, CUHK03_DETECTED, SYNTHETIC)}
 
 
-def load_dataset(name: str, root: str | Path) -> ReIDData:
-    """Read dataset ``name`` (its ``conf/dataset/`` name) from ``root``."""
+def load_dataset(name: str, root: str | Path, **options) -> ReIDData:
+    """Read dataset ``name`` (its ``conf/dataset/`` name) from ``root``; ``options`` go to readers
+    that take some (``folder``: ``csv``)."""
+    if name == "folder":
+        return read_folder(root, **options)
+    if options:
+        raise UserError(f"dataset '{name}' takes no options, got {sorted(options)}")
     if name == "msmt17":
         return read_msmt17(root)
     if name not in _SPECS:
-        raise UserError(f"unknown dataset '{name}'; known: {', '.join(sorted([*_SPECS, 'msmt17']))}")
+        raise UserError(f"unknown dataset '{name}'; known: {', '.join(sorted([*_SPECS, 'msmt17', 'folder']))}")
     return read_market_style(_SPECS[name], root)
 
 

@@ -1,0 +1,98 @@
+"""A user's own data: Market-1501-style folders and names, or a CSV of ``path,pid,camid,split``.
+
+Folders: ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` with names starting
+``<pid>_c<camera>`` (1-based camera, e.g. ``0012_c3_anything.jpg``); pid -1 is junk, dropped.
+CSV (``dataset.options.csv=file.csv``, relative to the dataset folder): a header line with at
+least ``path,pid,split`` and optionally ``camid`` (0-based); ``split`` is train, query or
+gallery; paths are relative to the dataset folder or absolute.
+
+Without camera ids (no ``camid`` column, or an empty cell) every query image gets camera 0 and
+every gallery image camera 1. The Market-1501 protocol then excludes nothing from a query's
+gallery, so keep the same image (or a near copy from the same shot) out of both query and
+gallery: otherwise it is found at rank 1 and the metrics are inflated.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+from magnifier.errors import UserError
+
+from .base import ImageRecord, ReIDData, relabel
+from .market import IMAGE_SUFFIXES, SPLIT_DIRS, mask_path_for
+
+FOLDER_PATTERN = re.compile(r"^(-?\d+)_c(\d+)")
+NO_CAMERA = {"query": 0, "gallery": 1, "train": 0}
+
+
+def _from_folders(root: Path) -> ReIDData:
+    data = ReIDData("folder", str(root))
+    for split, sub in SPLIT_DIRS.items():
+        folder = root / sub
+        if not folder.is_dir():
+            raise UserError(
+                f"dataset 'folder': {folder} is missing; expected {', '.join(SPLIT_DIRS.values())} with names like "
+                "0012_c3_0001.jpg, or a CSV given as dataset.options.csv=file.csv (columns path,pid,camid,split)"
+            )
+        records = []
+        for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            m = FOLDER_PATTERN.match(image.name)
+            if m is None:
+                raise UserError(f"dataset 'folder': {image} does not match '<pid>_c<camera>...' (e.g. 0012_c3_0001.jpg)")
+            pid, cam = int(m.group(1)), int(m.group(2))
+            if pid == -1:
+                continue
+            records.append(ImageRecord(str(image), pid, cam - 1, mask_path_for(root, sub, image)))
+        setattr(data, split, records)
+    return data
+
+
+def _from_csv(root: Path, csv_path: Path) -> ReIDData:
+    if not csv_path.is_file():
+        raise UserError(f"dataset.options.csv={csv_path}: no such file")
+    data = ReIDData("folder", str(root))
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "pid", "split"} - set(reader.fieldnames or [])
+        if missing:
+            raise UserError(f"{csv_path}:1: the header needs columns path,pid,split (and optionally camid); missing {sorted(missing)}")
+        for row in reader:
+            lineno = reader.line_num
+            split = (row["split"] or "").strip()
+            if split not in ("train", "query", "gallery"):
+                raise UserError(f"{csv_path}:{lineno}: split must be train, query or gallery, got {split!r}")
+            path = Path(row["path"].strip())
+            path = path if path.is_absolute() else root / path
+            if not path.is_file():
+                raise UserError(f"{csv_path}:{lineno}: image {path} does not exist")
+            try:
+                pid = int(row["pid"])
+                cam = row.get("camid")
+                camid = int(cam) if cam not in (None, "") else NO_CAMERA[split]
+            except ValueError:
+                raise UserError(f"{csv_path}:{lineno}: pid and camid must be integers") from None
+            mask = None
+            for suffix in (".png", ".npy"):
+                rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+                candidate = root / "masks" / rel.with_suffix(suffix)
+                if candidate.is_file():
+                    mask = str(candidate)
+                    break
+            getattr(data, split).append(ImageRecord(str(path), pid, camid, mask))
+    return data
+
+
+def read_folder(root: str | Path, csv: str | None = None) -> ReIDData:
+    """Read a user's dataset from ``root`` (folders) or from ``csv`` (relative to ``root``)."""
+    root = Path(root).expanduser()
+    if csv:
+        csv_path = Path(csv).expanduser()
+        data = _from_csv(root, csv_path if csv_path.is_absolute() else root / csv_path)
+    else:
+        data = _from_folders(root)
+    if not data.train:
+        raise UserError(f"dataset 'folder' in {root}: no training images")
+    data.train = relabel(data.train)
+    return data
