@@ -57,3 +57,23 @@ def test_cuhk03_np_png_naming(tmp_path, variant):
     assert [(r.pid, r.camid) for r in data.train] == [(0, 0), (0, 1), (1, 0)]
     assert [(r.pid, r.camid) for r in data.query] == [(1367, 0)]
     assert len(data.gallery) == 2
+
+
+def test_training_on_several_datasets_keeps_identities_apart(tmp_path):
+    from magnifier.data import ReIDDataModule
+
+    _tree(tmp_path / "Market-1501-v15.09.15", {
+        "bounding_box_train": ["0002_c1s1_000451_03.jpg", "0007_c6s3_085667_02.jpg"],
+        "query": ["0001_c1s1_001051_00.jpg"], "bounding_box_test": ["0001_c2s1_000301_01.jpg"],
+    })
+    _tree(tmp_path / "DukeMTMC-reID", {
+        "bounding_box_train": ["0002_c2_f0046182.jpg", "0002_c8_f0000018.jpg", "0005_c5_f0051781.jpg"],
+        "query": ["0005_c2_f0046985.jpg"], "bounding_box_test": ["0005_c1_f0043291.jpg"],
+    })
+    dm = ReIDDataModule(name="market", root=str(tmp_path), use_masks=False, train=["market", "duke"])
+    data = dm.load()
+    # Market's pid 2 and Duke's pid 2 are different people: 2 + 2 identities, 6 + 8 cameras.
+    assert [r.pid for r in data.train] == [0, 1, 2, 2, 3]
+    assert [r.camid for r in data.train] == [0, 5, 7, 13, 10]
+    assert dm.num_classes == 4
+    assert [r.pid for r in data.query] == [1]  # evaluation stays on the primary dataset

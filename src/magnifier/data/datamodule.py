@@ -12,7 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from magnifier.errors import UserError
 
 from .dataset import MissingAttributesError, ReIDImageDataset, unreadable_files
-from .datasets import ReIDData, load_dataset
+from .datasets import ReIDData, combine_train, load_dataset
 from .samplers import RandomIdentitySampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
@@ -41,6 +41,8 @@ class ReIDDataModule(pl.LightningDataModule):
             are reported at set-up (a fast header scan) and, when drawn, replaced by another image
             of the same identity (counted in ``train/bad_images``); ``error`` stops instead.
         options: reader options (``folder``: ``csv``, a CSV of path,pid,camid,split).
+        train: train on the union of these datasets' training splits (e.g. ``[market, duke]``,
+            each found under ``root``), pids offset per dataset; ``name`` gives query and gallery.
         synthetic: generator parameters; the synthetic dataset is built in ``prepare_data`` when
             it is missing or was built with other parameters.
         attributes: Lin et al.'s ``market_attribute.mat`` / ``duke_attribute.mat`` (a relative
@@ -72,6 +74,7 @@ class ReIDDataModule(pl.LightningDataModule):
         missing_masks: str = "error",
         on_bad_image: str = "replace",
         options: dict[str, Any] | None = None,
+        train: list[str] | None = None,
     ):
         super().__init__()
         self.name, self.root = name, str(root)
@@ -87,6 +90,7 @@ class ReIDDataModule(pl.LightningDataModule):
             raise UserError(f"dataset.on_bad_image={on_bad_image!r}: use 'replace' or 'error'")
         self.on_bad_image = on_bad_image
         self.options = dict(options or {})
+        self.train_sets = list(train) if train else None
         self.attribute_names: list[str] | None = None
         self.train_transform = build_transforms(height, width, True, flip_p, pad, erasing_p, tuple(mean), tuple(std))
         self.test_transform = build_transforms(height, width, False, mean=tuple(mean), std=tuple(std))
@@ -111,6 +115,8 @@ class ReIDDataModule(pl.LightningDataModule):
         """Index the dataset (file names only, no image is decoded)."""
         if self.data is None:
             self.data = load_dataset(self.name, self.root, **self.options)
+            if self.train_sets:
+                self.data = combine_train(self.data, self.train_sets, self.root)
             if self.use_masks:
                 missing = [r.path for r in self.data.train if r.mask_path is None]
                 if missing and self.missing_masks == "stripes":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from magnifier.errors import UserError
@@ -37,4 +38,23 @@ def load_dataset(name: str, root: str | Path, **options) -> ReIDData:
     return read_market_style(_SPECS[name], root)
 
 
-__all__ = ["ImageRecord", "ReIDData", "load_dataset", "relabel"]
+def combine_train(data: ReIDData, names: list[str], root: str | Path) -> ReIDData:
+    """Replace ``data.train`` with the training splits of ``names`` (each read from ``root``),
+    training pids offset per dataset so that identities of different datasets never collide.
+
+    Query and gallery stay those of ``data`` (the dataset evaluated on).
+    """
+    train: list[ImageRecord] = []
+    pid_offset = cam_offset = 0
+    for name in names:
+        part = data if name == data.name else load_dataset(name, root)
+        for r in part.train:  # already relabelled 0..N-1 within its dataset
+            train.append(replace(r, pid=r.pid + pid_offset, camid=r.camid + cam_offset))
+        pid_offset += part.num_train_pids
+        cam_offset += max(r.camid for r in part.train) + 1
+    data.train = train
+    data.name = f"{data.name} (train: {'+'.join(names)})"
+    return data
+
+
+__all__ = ["ImageRecord", "ReIDData", "combine_train", "load_dataset", "relabel"]
