@@ -265,3 +265,11 @@ def test_on_bad_image_error_stops_at_setup_or_when_drawn(tiny_data_dir, tmp_path
     i = next(k for k, r in enumerate(dm.train_set.records) if r.path == str(images[0]))
     with pytest.raises(BadFileError, match="cannot decode image"):
         dm.train_set[i]
+
+
+def test_an_unreadable_query_or_gallery_image_stops_at_setup(tiny_data_dir, tmp_path):
+    root = _copy_tiny(tiny_data_dir, tmp_path)
+    victim = sorted((root / "bounding_box_test").iterdir())[0]
+    victim.write_bytes(b"")
+    with pytest.raises(UserError, match=rf"1 query/gallery image\(s\) of 'synthetic' cannot be read \(first: {victim}\)"):
+        _datamodule(tmp_path).setup("test")

@@ -77,3 +77,14 @@ def test_training_on_several_datasets_keeps_identities_apart(tmp_path):
     assert [r.camid for r in data.train] == [0, 5, 7, 13, 10]
     assert dm.num_classes == 4
     assert [r.pid for r in data.query] == [1]  # evaluation stays on the primary dataset
+
+
+def test_a_file_name_off_the_pattern_is_reported_with_the_pattern(tmp_path):
+    from magnifier.errors import UserError
+
+    _tree(tmp_path / "Market-1501-v15.09.15", {
+        "bounding_box_train": ["0002_c1s1_000451_03.jpg", "copy of 0002.jpg"],
+        "query": ["0001_c1s1_001051_00.jpg"], "bounding_box_test": ["0001_c2s1_000301_01.jpg"],
+    })
+    with pytest.raises(UserError, match=r"1 image\(s\) in .*bounding_box_train do not match the pattern .*copy of 0002.jpg.*0002_c1s1_000451_03.jpg"):
+        load_dataset("market", tmp_path)

@@ -171,10 +171,20 @@ class ReIDDataModule(pl.LightningDataModule):
             raise UserError(f"{head}; remove or replace them, or set dataset.on_bad_image=replace")
         print(f"{head}; each is replaced by another image of the same identity when drawn", flush=True)
 
+    def _scan_evaluation_files(self, data: ReIDData) -> None:
+        # Query and gallery images cannot be swapped for others without changing the protocol.
+        bad = unreadable_files([r.path for r in data.query + data.gallery])
+        if bad:
+            raise UserError(
+                f"{len(bad)} query/gallery image(s) of '{self.name}' cannot be read (first: {', '.join(bad[:3])}); "
+                "the evaluation protocol needs every one of them: restore them from the original release"
+            )
+
     def setup(self, stage: str | None = None) -> None:
         data = self.load()
         if stage in (None, "fit"):
             self._scan_training_files(data)
+        self._scan_evaluation_files(data)
         table = self.load_attributes()
         try:
             self.train_set = ReIDImageDataset(

@@ -8,7 +8,6 @@ present, live in a parallel tree ``masks/<split>/<image stem>.png`` (or ``.npy``
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,10 +77,11 @@ def _read_split(spec: MarketStyleSpec, dataset_dir: Path, split: str) -> list[Im
             continue
         records.append(ImageRecord(str(image), pid, cam - 1, mask_path_for(dataset_dir, SPLIT_DIRS[split], image)))
     if unmatched:
-        warnings.warn(
-            f"{spec.name}: skipped {len(unmatched)} file(s) in {folder} whose names do not match "
-            f"{spec.pattern!r} (e.g. {unmatched[0]}; expected like {spec.example})",
-            stacklevel=2,
+        # The official releases have no such images: a stray file means a wrong folder or a
+        # renamed copy, and silently dropping it would change the counts papers compare.
+        raise UserError(
+            f"dataset '{spec.name}': {len(unmatched)} image(s) in {folder} do not match the pattern "
+            f"{spec.pattern!r} (first: {unmatched[0]}; expected names like {spec.example}); move them out of the folder"
         )
     return records
 
