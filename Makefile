@@ -18,9 +18,19 @@ help:
 	@echo "make data       build the synthetic dataset only"
 
 # The stamp is rebuilt when the package metadata changes, so a pin change reinstalls.
+# The pinned torch 2.14.1 is PyPI's CUDA build: with its CUDA libraries it takes about 6 GB, so a
+# first install checks the free space and says so in one line instead of failing half-way in pip.
+NEED_MB ?= 6500
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@if ! test -d $(VENV)/lib/python3*/site-packages/torch; then \
+	  free=$$(df -Pm $(VENV) | awk 'NR==2 {print $$4}'); \
+	  if [ "$$free" -lt $(NEED_MB) ]; then \
+	    echo "make install: the pinned stack needs about $(NEED_MB) MB in $(VENV) but only $$free MB is free there; free some space or put the venv on a larger disk with VENV=/path/to/venv" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	$(PY) -m pip install --quiet --no-cache-dir --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
 install: $(VENV)/.installed
