@@ -1,6 +1,7 @@
-"""Evaluation: ranking metrics (CMC, mAP, mINP) and the distributed ReID retrieval metric."""
+"""Evaluation: ranking metrics (CMC, mAP, mINP), re-ranking and the distributed ReID metric."""
 
+from .distance import euclidean_distance
 from .metric import ReIDMetric
-from .rank import evaluate_rank
+from .rank import evaluate_features, evaluate_rank
 
-__all__ = ["ReIDMetric", "evaluate_rank"]
+__all__ = ["ReIDMetric", "evaluate_rank", "evaluate_features", "euclidean_distance"]

@@ -8,38 +8,10 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from .rank import evaluate_rank
+from .distance import euclidean_distance
+from .rank import evaluate_features
 
 __all__ = ["ReIDMetric", "euclidean_distance"]
-
-# Query rows per distance block: bounds the temporary (rows, G) block and its transfer.
-_DIST_CHUNK_ELEMENTS = 1 << 24
-
-
-def euclidean_distance(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance matrix in float32, computed in chunks of query rows.
-
-    Args:
-        query: (Q, D) features.
-        gallery: (G, D) features.
-
-    Returns:
-        (Q, G) float32 tensor on the CPU, ``||q - g||_2``. Uses
-        ``||q||^2 + ||g||^2 - 2 q.g`` (clamped at 0), so it does not assume normalised features.
-    """
-    query = query.float()
-    gallery = gallery.float()
-    num_q, num_g = query.shape[0], gallery.shape[0]
-    out = torch.empty((num_q, num_g), dtype=torch.float32)
-    g_sq = gallery.pow(2).sum(dim=1)
-    gallery_t = gallery.t()
-    rows = max(1, _DIST_CHUNK_ELEMENTS // max(num_g, 1))
-    for start in range(0, num_q, rows):
-        q = query[start:start + rows]
-        block = torch.addmm(g_sq[None, :], q, gallery_t, beta=1.0, alpha=-2.0)
-        block.add_(q.pow(2).sum(dim=1, keepdim=True)).clamp_(min=0).sqrt_()
-        out[start:start + rows] = block.cpu()
-    return out
 
 
 class ReIDMetric(Metric):
@@ -49,8 +21,8 @@ class ReIDMetric(Metric):
     end, :meth:`compute` gathers all ranks' states (torchmetrics ``cat`` reduction), drops
     duplicated samples (a ``DistributedSampler`` pads the last ranks by repeating samples),
     orders samples by dataset index so the result does not depend on the number or order of
-    ranks, builds the float32 Euclidean distance matrix and calls
-    :func:`~magnifier.evaluation.rank.evaluate_rank`.
+    ranks, and ranks the float32 Euclidean distances block by block with
+    :func:`~magnifier.evaluation.rank.evaluate_features` (the full matrix never exists).
 
     Args:
         max_rank: length of the CMC curve computed by
@@ -145,9 +117,9 @@ class ReIDMetric(Metric):
                 f"ReIDMetric needs query and gallery samples, got {int(q.sum())} query and "
                 f"{int(g.sum())} gallery samples"
             )
-        distmat = euclidean_distance(features[q], features[g])
-        result = evaluate_rank(
-            distmat.numpy(),
+        result = evaluate_features(
+            features[q],
+            features[g],
             pids[q].cpu().numpy(),
             pids[g].cpu().numpy(),
             camids[q].cpu().numpy(),
