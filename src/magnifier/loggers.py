@@ -15,3 +15,14 @@ class WandbLogger(_LightningWandbLogger):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._wandb_init.pop("anonymous", None)
+
+
+def finish_wandb(loggers: list) -> None:
+    """Close the W&B run so an offline run directory is complete and ready for `wandb sync`."""
+    from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger  # also our base
+
+    if any(isinstance(lg, LightningWandbLogger) for lg in loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from magnifier.config import config_dir, register_resolvers, trainer_kwargs  # noqa: E402
 from magnifier.errors import UserError, exit_on_user_error  # noqa: E402
+from magnifier.loggers import finish_wandb  # noqa: E402
 
 log = logging.getLogger("magnifier.train")
 register_resolvers()
@@ -112,23 +113,12 @@ def train(cfg: DictConfig) -> dict:
         # Raised in a loader worker, the message carries the worker's traceback: keep its last line.
         raise UserError(str(err).strip().splitlines()[-1].split("LabelMapError: ")[-1]) from None
     finally:
-        _finish_wandb(loggers)
+        finish_wandb(loggers)
     if trainer.is_global_zero:
         split = "test" if any(k.startswith("test/") for k in metrics) else "val"
         shown = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(split + "/")}
         print(f"\n{cfg.dataset.name} query/gallery ({split}, %):\n" + format_results(shown, best), flush=True)
     return metrics
-
-
-def _finish_wandb(loggers: list) -> None:
-    # Close the W&B run so an offline run directory is complete and ready for `wandb sync`.
-    from pytorch_lightning.loggers import WandbLogger  # also the base of ours
-
-    if any(isinstance(lg, WandbLogger) for lg in loggers):
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
