@@ -23,13 +23,20 @@ from magnifier.evaluation import evaluate_features, evaluate_rank
 
 
 def random_problem(q: int, g: int, num_pids: int, num_cams: int, seed: int = 0, dim: int = 64):
-    """Random features clustered by identity (matches rank high, not always first) and ids."""
+    """Random features clustered by identity (matches rank high, not always first) and ids.
+
+    The clusters live in 64 dimensions; a wider ``dim`` embeds them with a random linear map, so
+    the difficulty does not change with the width (and float32 throughout keeps memory low).
+    """
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(num_pids, dim)).astype(np.float32)
+    centres = rng.standard_normal((num_pids, 64), dtype=np.float32)
     g_pids = np.concatenate([np.arange(num_pids), rng.integers(0, num_pids, g - num_pids)])
     q_pids = rng.integers(0, num_pids, q)
-    qf = centres[q_pids] + 1.5 * rng.normal(size=(q, dim)).astype(np.float32)
-    gf = centres[g_pids] + 1.5 * rng.normal(size=(g, dim)).astype(np.float32)
+    qf = centres[q_pids] + 1.5 * rng.standard_normal((q, 64), dtype=np.float32)
+    gf = centres[g_pids] + 1.5 * rng.standard_normal((g, 64), dtype=np.float32)
+    if dim != 64:
+        lift = rng.standard_normal((64, dim), dtype=np.float32) / np.sqrt(dim, dtype=np.float32)
+        qf, gf = qf @ lift, gf @ lift
     return qf, gf, q_pids, g_pids, rng.integers(0, num_cams, q), rng.integers(0, num_cams, g)
 
 
