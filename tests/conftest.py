@@ -43,8 +43,8 @@ def tiny_overrides(data_dir: Path) -> list[str]:
     return overrides
 
 
-def compose(overrides: list[str] | None = None, output_dir: str | None = None):
-    """Compose ``conf/train.yaml`` as the entry point would, with ``hydra:`` resolvers available."""
+def compose(overrides: list[str] | None = None, output_dir: str | None = None, config_name: str = "train"):
+    """Compose ``conf/<config_name>.yaml`` as the entry point would, with ``hydra:`` resolvers available."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -56,9 +56,28 @@ def compose(overrides: list[str] | None = None, output_dir: str | None = None):
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=list(overrides or []), return_hydra_config=True)
+        cfg = hydra_compose(config_name, overrides=list(overrides or []), return_hydra_config=True)
     if output_dir is not None:
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = output_dir
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_data_dir, tmp_path_factory) -> Path:
+    """``last.ckpt`` of a real two-step training run (MagnifierNet, ResNet-18, tiny data)."""
+    from magnifier.train import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    overrides = tiny_overrides(tiny_data_dir) + [
+        f"paths.log_dir={out / 'logs'}",
+        "logger=csv",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "test=false",
+    ]
+    train(compose(overrides, output_dir=str(out)))
+    ckpt = out / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    return ckpt

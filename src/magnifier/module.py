@@ -37,10 +37,18 @@ class ReIDModule(pl.LightningModule):
         num_classes: training identities, saved with the checkpoint.
         channels_last: NHWC memory layout for the network and its inputs (faster convolutions
             on recent GPUs and CPUs with mixed precision).
+        data: the input the network was trained on (``height``, ``width``, ``mean``, ``std``),
+            saved with the checkpoint for evaluation and export.
     """
 
     def __init__(
-        self, net: dict, loss: dict, optim: dict, num_classes: int | None = None, channels_last: bool = False
+        self,
+        net: dict,
+        loss: dict,
+        optim: dict,
+        num_classes: int | None = None,
+        channels_last: bool = False,
+        data: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()

@@ -92,8 +92,10 @@ def train(cfg: DictConfig) -> dict:
     # The run's resolved config (without Hydra's own node, present when composed in tests).
     container = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                  for k, v in cfg.items() if k != "hydra"}
+    data = {k: container["dataset"].get(k) for k in ("height", "width", "mean", "std")}
     module = ReIDModule(
-        net=container["model"], loss=container["loss"], optim=container["optim"], channels_last=cfg.get("channels_last", False)
+        net=container["model"], loss=container["loss"], optim=container["optim"],
+        channels_last=cfg.get("channels_last", False), data=data,
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]

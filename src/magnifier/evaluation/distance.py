@@ -21,15 +21,16 @@ class GalleryNorms:
         self.gallery_t = gallery.float().t()
         self.sq = self.gallery_t.pow(2).sum(dim=0)
 
-    def distance(self, query: torch.Tensor) -> torch.Tensor:
+    def distance(self, query: torch.Tensor, squared: bool = False) -> torch.Tensor:
         """(B, G) float32 ``||q - g||_2`` on the features' device for query rows (B, D).
 
         Uses ``||q||^2 + ||g||^2 - 2 q.g`` clamped at 0, so it does not assume normalised
-        features; one matrix product per block.
+        features; one matrix product per block. ``squared`` skips the square root.
         """
         query = query.float()
         block = torch.addmm(self.sq[None, :], query, self.gallery_t, beta=1.0, alpha=-2.0)
-        return block.add_(query.pow(2).sum(dim=1, keepdim=True)).clamp_(min=0).sqrt_()
+        block.add_(query.pow(2).sum(dim=1, keepdim=True)).clamp_(min=0)
+        return block if squared else block.sqrt_()
 
 
 def euclidean_distance(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:

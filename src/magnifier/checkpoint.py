@@ -1,0 +1,143 @@
+"""Rebuild a trained network from a checkpoint of ``python -m magnifier.train``.
+
+Used by ``python -m magnifier.evaluate`` and ``python -m magnifier.export``. Checkpoints are
+read with ``torch.load(weights_only=True)``: tensors and plain containers only, so a file from
+elsewhere cannot run code when it is opened. ``trust_checkpoint=True`` lifts that, for files
+you trust that hold other objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from magnifier.errors import UserError
+
+__all__ = ["load_network", "read_checkpoint"]
+
+_PRODUCER = "a .ckpt written by python -m magnifier.train"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:160] if text else type(err).__name__
+
+
+def read_checkpoint(path: str | Path, trust_checkpoint: bool = False,
+                    map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with one-line :class:`UserError` for a missing, refused or broken file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ckpt_path={path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=not trust_checkpoint)
+    except pickle.UnpicklingError as err:
+        # A refusal names the object it would have to import ("Unsupported global: GLOBAL
+        # x.y"); other weights-only failures ("Unsupported operand") are broken bytes.
+        if not trust_checkpoint and "GLOBAL" in str(err):
+            reason = next(ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln)
+            raise UserError(
+                f"{path}: the weights-only loader refused it ({reason[:120]}); it holds pickled "
+                "objects that could run code: only if you trust the file, add trust_checkpoint=true"
+            ) from None
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
+    except Exception as err:  # zip/EOF/reader errors of a truncated or foreign file
+        raise UserError(
+            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {_first_line(err)}); "
+            f"is the copy complete? ckpt_path must be {_PRODUCER}"
+        ) from None
+
+
+def _describe_mismatch(path: Path, expected: dict, state: dict) -> str | None:
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if not (missing or unexpected or shapes):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:2])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2])})")
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
+    return (f"{path}: its weights do not fit the model its config describes: "
+            f"{'; '.join(parts)}; was it written by another model or version?")
+
+
+def load_network(
+    ckpt_path: str | Path,
+    trust_checkpoint: bool = False,
+    map_location: str | torch.device = "cpu",
+    model_cfg: dict | None = None,
+) -> tuple[torch.nn.Module, dict]:
+    """The trained network of a checkpoint, in eval mode, and what is known about it.
+
+    Args:
+        ckpt_path: a Lightning checkpoint of :class:`magnifier.module.ReIDModule`
+            (``hyper_parameters.net`` is the model config, ``state_dict`` holds ``net.*``), or,
+            with ``model_cfg``, a bare state dict of the network.
+        trust_checkpoint: unpickle arbitrary objects (only for files you trust).
+        map_location: where the tensors are loaded.
+        model_cfg: for a bare state dict: the model config (``_target_`` and arguments, as in
+            ``conf/model/``) including ``num_classes``.
+
+    Returns:
+        ``(net, info)``: the network (eval mode, on ``map_location``) and a dict with ``model``
+        (the config), ``num_classes``, ``embedding_dim``, ``data`` (input ``height``/``width``,
+        ``mean``/``std`` of the training run, or None for checkpoints that predate it),
+        ``epoch`` and ``global_step`` (None for a bare state dict).
+
+    Raises:
+        UserError: one line naming the file for a missing, refused, unreadable or foreign file
+            and for weights that do not fit the model.
+    """
+    from hydra.utils import instantiate
+
+    path = Path(ckpt_path)
+    ckpt = read_checkpoint(path, trust_checkpoint, map_location)
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if isinstance(hparams, dict) and isinstance(hparams.get("net"), dict) and "state_dict" in ckpt:
+        cfg = copy.deepcopy(dict(hparams["net"]))
+        num_classes = hparams.get("num_classes")
+        state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        data, epoch, step = hparams.get("data"), ckpt.get("epoch"), ckpt.get("global_step")
+    elif model_cfg is not None and isinstance(ckpt, dict) and all(
+            isinstance(v, torch.Tensor) for v in ckpt.values()):
+        cfg = copy.deepcopy(dict(model_cfg))
+        num_classes = cfg.pop("num_classes", None)
+        state, data, epoch, step = ckpt, None, None, None
+    else:
+        raise UserError(
+            f"{path}: not a magnifier checkpoint (no hyper_parameters.net and net.* weights); "
+            f"ckpt_path must be {_PRODUCER}"
+        )
+    if not state or num_classes is None:
+        raise UserError(f"{path}: the checkpoint has no network weights or no num_classes; "
+                        f"ckpt_path must be {_PRODUCER}")
+    # The weights come from the file: never fetch or read the backbone's initial weights.
+    if isinstance(cfg.get("backbone"), dict):
+        cfg["backbone"] = {**cfg["backbone"], "pretrained": False, "weights": None}
+    try:
+        net = instantiate(cfg, num_classes=int(num_classes))
+    except Exception as err:
+        raise UserError(f"{path}: cannot build the model it describes ({_first_line(err)})") from None
+    problem = _describe_mismatch(path, net.state_dict(), state)
+    if problem:
+        raise UserError(problem)
+    net.load_state_dict(state)
+    net = net.to(map_location).eval()
+    info = {
+        "model": cfg,
+        "num_classes": int(num_classes),
+        "embedding_dim": getattr(net, "embedding_dim", None),
+        "data": data,
+        "epoch": epoch,
+        "global_step": step,
+    }
+    return net, info

@@ -1,0 +1,239 @@
+"""``python -m magnifier.evaluate``: evaluate a checkpoint on a query/gallery split.
+
+Prints rank-1/5/10, mAP and mINP (and the same after k-reciprocal re-ranking with
+``eval.rerank=true``), writes ``features.npz``, ``metrics.json`` and ranked-list pictures into
+the run's output folder, and sends the pictures and a per-query table to W&B with the W&B
+logger. Configuration: ``conf/evaluate.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import hydra  # noqa: E402
+import numpy as np  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from magnifier.config import config_dir, register_resolvers  # noqa: E402
+from magnifier.errors import UserError, exit_on_user_error  # noqa: E402
+from magnifier.loggers import finish_wandb  # noqa: E402
+
+log = logging.getLogger("magnifier.evaluate")
+register_resolvers()
+
+_COLUMNS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+
+
+def summarize(result: dict) -> dict:
+    """The headline figures of an ``evaluate_rank`` result, as fractions."""
+    cmc = result["cmc"]
+    return {
+        "rank1": float(cmc[0]),
+        "rank5": float(cmc[min(4, len(cmc) - 1)]),
+        "rank10": float(cmc[min(9, len(cmc) - 1)]),
+        "mAP": result["mAP"],
+        "mINP": result["mINP"],
+        "num_valid_queries": result["num_valid_queries"],
+        "num_skipped_queries": result["num_skipped_queries"],
+    }
+
+
+def format_table(rows: dict[str, dict]) -> str:
+    """Rows of metrics (fractions) as a table in percent."""
+    head = f"{'':12}" + "".join(f"{k:>9}" for k in _COLUMNS)
+    lines = [head]
+    for name, m in rows.items():
+        lines.append(f"{name:12}" + "".join(f"{100 * m[k]:9.2f}" for k in _COLUMNS))
+    return "\n".join(lines)
+
+
+def _choose_queries(cfg_lists, per_query: dict, q_paths: np.ndarray) -> list[tuple[str, int]]:
+    """(label, query row) pairs to draw: the worst and best N by AP, then the named ones."""
+    valid = np.flatnonzero(per_query["valid"])
+    # AP ties are broken by query order so that the choice is reproducible.
+    order = valid[np.lexsort((valid, per_query["ap"][valid]))]
+    chosen = [(f"worst{i + 1:02d}", int(q)) for i, q in enumerate(order[: int(cfg_lists.worst)])]
+    best = order[::-1][: int(cfg_lists.best)]
+    chosen += [(f"best{i + 1:02d}", int(q)) for i, q in enumerate(best)]
+    names = {Path(p).name: i for i, p in enumerate(q_paths)}
+    full = {str(Path(p).resolve()): i for i, p in enumerate(q_paths)}
+    for wanted in cfg_lists.queries or []:
+        row = full.get(str(Path(str(wanted)).resolve()), names.get(Path(str(wanted)).name))
+        if row is None:
+            raise UserError(
+                f"eval.ranked_lists.queries: {wanted} is not a query image of this dataset; give a "
+                f"path or file name from its query folder"
+            )
+        chosen.append(("query", row))
+    return chosen
+
+
+def _draw_ranked_lists(net, datamodule, feats: dict, distance_rows, per_query: dict, cfg,
+                       out_dir: Path) -> list[tuple[str, "object", dict]]:
+    """Write one PNG per chosen query; returns (label, PIL image, per-query facts)."""
+    import torch
+
+    from magnifier.evaluation.visualize import ranked_list_image, top_k
+
+    q, g = feats["is_query"], ~feats["is_query"]
+    q_paths, g_paths = feats["paths"][q], feats["paths"][g]
+    q_pids, g_pids = feats["pids"][q], feats["pids"][g]
+    q_cams, g_cams = feats["camids"][q], feats["camids"][g]
+    chosen = _choose_queries(cfg.eval.ranked_lists, per_query, q_paths)
+    if not chosen:
+        return []
+    rows = [r for _, r in chosen]
+    dist = distance_rows(rows)
+    part_maps = [None] * len(rows)
+    if getattr(net, "parsing_head", None) is not None:
+        images = torch.stack([datamodule.query_set[r]["image"] for r in rows])
+        device = next(net.parameters()).device
+        part_maps = list(net.parse(images.to(device)).cpu().numpy())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pictures = []
+    for (label, r), d, parts in zip(chosen, dist, part_maps):
+        items = top_k(d, g_pids, g_cams, q_pids[r], q_cams[r], g_paths,
+                      k=int(cfg.eval.ranked_lists.top_k))
+        ap = per_query["ap"][r]
+        facts = {"query": str(q_paths[r]), "pid": int(q_pids[r]), "camid": int(q_cams[r]),
+                 "AP": None if np.isnan(ap) else float(ap),
+                 "first_rank": int(per_query["first_rank"][r])}
+        ap_text = "no true match" if np.isnan(ap) else f"AP {100 * ap:.1f}"
+        title = f"{label}  {Path(q_paths[r]).name}  id {q_pids[r]} cam {q_cams[r]}  {ap_text}"
+        picture = ranked_list_image(str(q_paths[r]), items, parts, title,
+                                    cell=(64, 128) if datamodule.height >= datamodule.width else (128, 64))
+        picture.save(out_dir / f"{label}_{Path(q_paths[r]).stem}.png")
+        pictures.append((label, picture, facts))
+    return pictures
+
+
+def _log_wandb(loggers: list, per_query: dict, feats: dict, pictures) -> None:
+    """The ranked-list pictures and a per-query table to each W&B logger."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        if pictures:
+            logger.log_image("ranked_lists", [p for _, p, _ in pictures],
+                             caption=[label for label, _, _ in pictures])
+        q = feats["is_query"]
+        data = [[str(p), int(pid), int(cam), None if np.isnan(ap) else float(ap), int(r),
+                 None if np.isnan(inp) else float(inp)]
+                for p, pid, cam, ap, r, inp in zip(feats["paths"][q], feats["pids"][q],
+                                                   feats["camids"][q], per_query["ap"],
+                                                   per_query["first_rank"], per_query["inp"])]
+        logger.log_table("per_query", columns=["query", "pid", "camid", "AP", "first_rank", "INP"],
+                         data=data)
+
+
+@exit_on_user_error
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.dataset``; returns {"plain": {...}, "reranked": {...}}."""
+    import torch
+    from hydra.utils import instantiate
+
+    from magnifier.checkpoint import load_network
+    from magnifier.evaluation import evaluate_features, evaluate_rank
+    from magnifier.evaluation.distance import GalleryNorms
+    from magnifier.evaluation.features import extract_features, resolve_device
+    from magnifier.evaluation.rerank import re_ranking_features
+
+    if not cfg.get("ckpt_path"):
+        raise UserError("ckpt_path is required: python -m magnifier.evaluate ckpt_path=path/to/best.ckpt")
+    try:
+        device = resolve_device(str(cfg.eval.device))
+    except (RuntimeError, ValueError) as err:
+        raise UserError(f"eval.{err}") from None
+    net, info = load_network(cfg.ckpt_path, trust_checkpoint=bool(cfg.get("trust_checkpoint")))
+    net = net.to(device).eval()
+
+    # Evaluation never needs label maps: the parsing head predicts the parts.
+    datamodule = instantiate(cfg.dataset, use_masks=False, eval_masks=False)
+    datamodule.prepare_data()
+    print(datamodule.load().summary(), flush=True)
+    datamodule.setup("test")
+    feats = extract_features(net, datamodule.test_dataloader(), device, flip=bool(cfg.eval.flip))
+    q, g = feats["is_query"], ~feats["is_query"]
+    qf, gf = torch.from_numpy(feats["features"][q]), torch.from_numpy(feats["features"][g])
+    ids = (feats["pids"][q], feats["pids"][g], feats["camids"][q], feats["camids"][g])
+    options = dict(max_rank=int(cfg.eval.max_rank), ap_mode=str(cfg.eval.ap_mode),
+                   protocol=str(cfg.eval.protocol), num_repeats=int(cfg.eval.num_repeats),
+                   seed=int(cfg.get("seed") or 0), per_query=True)
+    try:
+        plain = evaluate_features(qf, gf, *ids, **options)
+    except ValueError as err:
+        raise UserError(f"cannot evaluate {cfg.dataset.name}: {err}") from None
+    results = {"plain": plain}
+    reranked = None
+    if cfg.eval.rerank:
+        log.info("re-ranking (k1=%s, k2=%s, lambda=%s)", cfg.eval.k1, cfg.eval.k2, cfg.eval.lambda_value)
+        try:
+            reranked = re_ranking_features(qf, gf, k1=int(cfg.eval.k1), k2=int(cfg.eval.k2),
+                                           lambda_value=float(cfg.eval.lambda_value))
+        except ValueError as err:
+            raise UserError(f"eval.rerank: {err}") from None
+        results["reranked"] = evaluate_rank(reranked, *ids, **options)
+    norms = GalleryNorms(gf)
+
+    def distance_rows(rows):
+        # The pictures show the final ranking: re-ranked when asked for.
+        return reranked[rows] if reranked is not None else norms.distance(qf[rows]).numpy()
+
+    rows = {name: summarize(r) for name, r in results.items()}
+    final = results["reranked" if cfg.eval.rerank else "plain"]["per_query"]
+
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.eval.save_features:
+        np.savez(out_dir / "features.npz", query_features=feats["features"][q],
+                 gallery_features=feats["features"][g], q_pids=ids[0], g_pids=ids[1],
+                 q_camids=ids[2], g_camids=ids[3], q_paths=feats["paths"][q],
+                 g_paths=feats["paths"][g])
+    pictures = _draw_ranked_lists(net, datamodule, feats, distance_rows, final, cfg,
+                                  out_dir / "ranked_lists")
+    report = {
+        "checkpoint": str(cfg.ckpt_path),
+        "dataset": str(cfg.dataset.name),
+        "num_query": int(q.sum()),
+        "num_gallery": int(g.sum()),
+        "embedding_dim": int(feats["features"].shape[1]),
+        "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+        "metrics": rows,
+        "cmc": {name: r["cmc"].tolist() for name, r in results.items()},
+        "ranked_lists": [facts | {"picture": f"ranked_lists/{label}_{Path(facts['query']).stem}.png"}
+                         for label, _, facts in pictures],
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    try:
+        _log_wandb(loggers, final, feats, pictures)
+        for logger in loggers:
+            logger.log_metrics({f"{n}/{k}": v for n, m in rows.items() for k, v in m.items()})
+            logger.save()
+    finally:
+        finish_wandb(loggers)
+    skipped = rows["plain"]["num_skipped_queries"]
+    note = f" ({skipped} queries without a true match skipped)" if skipped else ""
+    print(f"\n{cfg.dataset.name}: {int(q.sum())} query x {int(g.sum())} gallery, "
+          f"{feats['features'].shape[1]}-d{', flip TTA' if cfg.eval.flip else ''}{note} (%):\n"
+          + format_table(rows) + f"\noutputs: {out_dir}", flush=True)
+    return rows
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    if not config_dir().is_dir():
+        print(f"error: Hydra configs not found in {config_dir()}; set MAGNIFIER_CONFIG_DIR", file=sys.stderr)
+        sys.exit(2)
+    main()

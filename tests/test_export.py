@@ -1,0 +1,84 @@
+"""python -m magnifier.export format=onnx: onnxruntime matches PyTorch, and runs without torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import compose
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    from magnifier.export import export
+
+    out = tmp_path_factory.mktemp("export")
+    path = export(compose([f"ckpt_path={tiny_checkpoint}", f"paths.log_dir={out / 'logs'}"],
+                          output_dir=str(out), config_name="export"))
+    return path
+
+
+def test_onnxruntime_matches_pytorch_with_a_dynamic_batch(exported, tiny_checkpoint):
+    import onnxruntime as ort
+
+    from magnifier.checkpoint import load_network
+
+    assert exported.name == "model.onnx" and exported.is_file()
+    net, _ = load_network(tiny_checkpoint)
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        x = torch.rand(n, 3, 64, 32, generator=torch.Generator().manual_seed(10 + n))
+        with torch.no_grad():
+            expected = net(x).numpy()
+        got = session.run(["embedding"], {"images": x.numpy()})[0]
+        assert got.shape == (n, 1024)
+        assert np.abs(got - expected).max() <= 1e-4
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    sidecar = json.loads(Path(str(exported) + ".json").read_text())
+    assert sidecar["input"]["shape"] == ["N", 3, 64, 32] and sidecar["input"]["channel_order"] == "RGB"
+    assert sidecar["input"]["mean"] == [0.485, 0.456, 0.406]
+    assert sidecar["output"]["shape"] == ["N", 1024] and sidecar["max_abs_difference_vs_pytorch"] <= 1e-4
+
+
+def test_runs_without_pytorch_in_the_process(exported, tiny_checkpoint, tmp_path):
+    from magnifier.checkpoint import load_network
+
+    x = np.random.default_rng(0).random((2, 3, 64, 32), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np, onnxruntime as ort\n"
+        f"s = ort.InferenceSession({str(exported)!r}, providers=['CPUExecutionProvider'])\n"
+        f"y = s.run(None, {{'images': np.load({str(tmp_path / 'x.npy')!r})}})[0]\n"
+        f"np.save({str(tmp_path / 'y.npy')!r}, y)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok', y.shape)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "ok (2, 1024)"
+    net, _ = load_network(tiny_checkpoint)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    assert np.abs(np.load(tmp_path / "y.npy") - expected).max() <= 1e-4
+
+
+def _cli(args, cwd):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-m", "magnifier.export", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bad_input_gets_one_line(tmp_path, tiny_checkpoint):
+    base = [f"paths.log_dir={tmp_path / 'logs'}"]
+    run = _cli(base, tmp_path)
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith("error: ckpt_path is required")
+    run = _cli(base + [f"ckpt_path={tiny_checkpoint}", "format=tensorrt"], tmp_path)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and lines == ["error: format=tensorrt is not supported; use format=onnx"]
