@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from magnifier.config import config_dir, register_resolvers  # noqa: E402
 from magnifier.errors import UserError, exit_on_user_error  # noqa: E402
-from magnifier.loggers import finish_wandb  # noqa: E402
 
 log = logging.getLogger("magnifier.evaluate")
 register_resolvers()
@@ -218,6 +217,8 @@ def evaluate(cfg: DictConfig) -> dict:
             logger.log_metrics({f"{n}/{k}": v for n, m in rows.items() for k, v in m.items()})
             logger.save()
     finally:
+        from magnifier.loggers import finish_wandb  # Lightning is imported after Hydra's logging set-up
+
         finish_wandb(loggers)
     skipped = rows["plain"]["num_skipped_queries"]
     note = f" ({skipped} queries without a true match skipped)" if skipped else ""

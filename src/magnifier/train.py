@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from magnifier.config import config_dir, register_resolvers, trainer_kwargs  # noqa: E402
 from magnifier.errors import UserError, exit_on_user_error  # noqa: E402
-from magnifier.loggers import finish_wandb  # noqa: E402
 
 log = logging.getLogger("magnifier.train")
 register_resolvers()
@@ -103,18 +102,21 @@ def train(cfg: DictConfig) -> dict:
     for logger in loggers:
         logger.log_hyperparams(container)
 
+    weights_only = not cfg.get("trust_checkpoint", False)
     try:
         if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=weights_only)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
         if cfg.get("test", True) and not kwargs.get("fast_dev_run"):
-            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=weights_only)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     except LabelMapError as err:
         # Raised in a loader worker, the message carries the worker's traceback: keep its last line.
         raise UserError(str(err).strip().splitlines()[-1].split("LabelMapError: ")[-1]) from None
     finally:
+        from magnifier.loggers import finish_wandb  # Lightning is imported after Hydra's logging set-up
+
         finish_wandb(loggers)
     if trainer.is_global_zero:
         split = "test" if any(k.startswith("test/") for k in metrics) else "val"
