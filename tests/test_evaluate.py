@@ -122,3 +122,7 @@ def test_print_config_only(tmp_path):
     run = _cli(["ckpt_path=x.ckpt", "dataset=market", "eval.rerank=true", "--cfg", "job"], tmp_path)
     assert run.returncode == 0, run.stderr
     assert "rerank: true" in run.stdout and "name: market" in run.stdout
+    # The training presets compose here too.
+    run = _cli(["ckpt_path=x.ckpt", "experiment=market_paper", "--cfg", "job"], tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "height: 384" in run.stdout

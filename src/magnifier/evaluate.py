@@ -153,8 +153,13 @@ def evaluate(cfg: DictConfig) -> dict:
     net, info = load_network(cfg.ckpt_path, trust_checkpoint=bool(cfg.get("trust_checkpoint")))
     net = net.to(device).eval()
 
-    # Evaluation never needs label maps: the parsing head predicts the parts.
-    datamodule = instantiate(cfg.dataset, use_masks=False, eval_masks=False)
+    # Evaluation never needs label maps: the parsing head predicts the parts. The images are
+    # prepared as in training unless eval.input=dataset.
+    if str(cfg.eval.get("input", "checkpoint")) not in ("checkpoint", "dataset"):
+        raise UserError(f"eval.input={cfg.eval.input}: use checkpoint or dataset")
+    trained = info.get("data") or {}
+    same_input = {k: v for k, v in trained.items() if v is not None} if cfg.eval.get("input") == "checkpoint" else {}
+    datamodule = instantiate(cfg.dataset, use_masks=False, eval_masks=False, **same_input)
     datamodule.prepare_data()
     print(datamodule.load().summary(), flush=True)
     datamodule.setup("test")
