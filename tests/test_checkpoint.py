@@ -79,6 +79,16 @@ def test_pickled_objects_need_trust(tmp_path, tiny_checkpoint):
     net, _ = load_network(path, trust_checkpoint=True)
     assert net.embedding_dim == 1024
 
+    from omegaconf import OmegaConf
+
+    del ckpt["note"]
+    ckpt["hyper_parameters"]["net"] = OmegaConf.create(ckpt["hyper_parameters"]["net"])
+    path = tmp_path / "omegaconf.ckpt"
+    torch.save(ckpt, path)
+    _raises(path, "refused")
+    net, info = load_network(path, trust_checkpoint=True)
+    assert isinstance(info["model"], dict) and net.embedding_dim == 1024
+
 
 def test_bare_state_dict_with_model_config(tmp_path, tiny_checkpoint):
     ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)

@@ -31,6 +31,9 @@ def test_onnxruntime_matches_pytorch_with_a_dynamic_batch(exported, tiny_checkpo
     from magnifier.checkpoint import load_network
 
     assert exported.name == "model.onnx" and exported.is_file()
+    import onnx
+
+    assert "ScatterElements" not in {node.op_type for node in onnx.load(str(exported)).graph.node}
     net, _ = load_network(tiny_checkpoint)
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     for n in (1, 5):
@@ -45,6 +48,41 @@ def test_onnxruntime_matches_pytorch_with_a_dynamic_batch(exported, tiny_checkpo
     assert sidecar["input"]["shape"] == ["N", 3, 64, 32] and sidecar["input"]["channel_order"] == "RGB"
     assert sidecar["input"]["mean"] == [0.485, 0.456, 0.406]
     assert sidecar["output"]["shape"] == ["N", 1024] and sidecar["max_abs_difference_vs_pytorch"] <= 1e-4
+
+
+def _random_magnifier(fusion: str):
+    from hydra.utils import instantiate
+
+    backbone = {"_target_": "magnifier.models.ResNetBackbone", "name": "resnet18", "pretrained": False}
+    torch.manual_seed(0)
+    net = instantiate({"_target_": "magnifier.models.MagnifierNet", "backbone": backbone,
+                       "fusion": fusion}, num_classes=8).eval()
+    for m in net.modules():  # non-trivial running statistics, as after training
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return net
+
+
+@pytest.mark.parametrize("fusion", ["concat", "attention"])
+def test_other_fusions_export_with_the_same_sfb_pooling(fusion, tmp_path, monkeypatch):
+    import onnx
+
+    from magnifier.export import check_onnx, export_onnx
+
+    net = _random_magnifier(fusion)
+    x = torch.rand(3, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        scatter = net(x)
+        # The SFB's export formulation (one 0/1 mask per region) gives the very same numbers.
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+        masked = net(x)
+        monkeypatch.undo()
+    assert torch.equal(scatter, masked)
+    path = tmp_path / f"{fusion}.onnx"
+    export_onnx(net, path, 64, 32)
+    assert "ScatterElements" not in {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert check_onnx(net, path, 64, 32, batch_sizes=(1, 4)) <= 1e-4
 
 
 def test_runs_without_pytorch_in_the_process(exported, tiny_checkpoint, tmp_path):

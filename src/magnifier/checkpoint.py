@@ -102,6 +102,14 @@ def load_network(
     path = Path(ckpt_path)
     ckpt = read_checkpoint(path, trust_checkpoint, map_location)
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if trust_checkpoint and hparams is not None:  # fully unpickled: OmegaConf nodes are possible
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(hparams):
+            hparams = OmegaConf.to_container(hparams, resolve=True)
+        if isinstance(hparams, dict):
+            hparams = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                       for k, v in hparams.items()}
     if isinstance(hparams, dict) and isinstance(hparams.get("net"), dict) and "state_dict" in ckpt:
         cfg = copy.deepcopy(dict(hparams["net"]))
         num_classes = hparams.get("num_classes")

@@ -91,8 +91,10 @@ def export(cfg: DictConfig) -> Path:
         "opset": int(cfg.opset),
         "input": {"name": "images", "shape": ["N", 3, height, width], "dtype": "float32",
                   "channel_order": "RGB", "layout": "NCHW",
-                  "preprocessing": "resize to (height, width) bilinear, scale to [0, 1], "
-                                   "subtract mean and divide by std per channel",
+                  "preprocessing": "resize to (height, width) bilinear (cv2.INTER_LINEAR, aspect "
+                                   "ratio not kept), scale uint8 to [0, 1] (x / 255), subtract mean "
+                                   "and divide by std per channel",
+                  "value_range_before_normalisation": [0.0, 1.0],
                   "mean": list(data["mean"]), "std": list(data["std"])},
         "output": {"name": "embedding", "shape": ["N", info.get("embedding_dim")],
                    "dtype": "float32", "l2_normalised": True, "distance": "euclidean (or cosine)"},

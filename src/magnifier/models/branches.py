@@ -188,6 +188,10 @@ class SemanticFusionBranch(nn.Module):
     ) -> dict[str, torch.Tensor]:
         x = self.bottleneck(f3)  # ends in ReLU (>= 0), so a zero start makes this a masked max
         n, c = x.shape[:2]
+        if region_masks is None and torch.onnx.is_in_onnx_export():
+            # ONNX export: the exported scatter loses the tensor shapes (a rank-1 annotation that
+            # breaks later ops); one 0/1 mask per region in the loop below gives the same maxima.
+            region_masks = F.one_hot(labels, self.num_parts).permute(0, 3, 1, 2)
         if region_masks is None:
             # Masked global max pooling of all regions in one pass: scatter each position's feature
             # into its region's slot with an amax reduction. An absent region stays a zero vector.
