@@ -1,4 +1,4 @@
-"""k-reciprocal re-ranking against a direct port of the authors' dense algorithm."""
+"""k-reciprocal re-ranking: the sparse and streamed versions against a dense, loop-based port."""
 
 from __future__ import annotations
 
@@ -6,138 +6,226 @@ import numpy as np
 import pytest
 import torch
 
+import magnifier.evaluation.rerank as rerank
 from magnifier.evaluation import euclidean_distance, evaluate_rank
 from magnifier.evaluation.rerank import re_ranking, re_ranking_features
 
 
-def _reference(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
-    """The published algorithm, step by step, with dense matrices and loops (float32)."""
-    original_dist = np.concatenate([np.concatenate([q_q_dist, q_g_dist], axis=1),
-                                    np.concatenate([q_g_dist.T, g_g_dist], axis=1)], axis=0)
-    original_dist = np.power(original_dist, 2).astype(np.float32)
-    original_dist = np.transpose(1.0 * original_dist / np.max(original_dist, axis=0))
-    V = np.zeros_like(original_dist).astype(np.float32)
-    initial_rank = np.argsort(original_dist).astype(np.int32)
-    query_num = q_g_dist.shape[0]
-    all_num = original_dist.shape[0]
-    for i in range(all_num):
-        forward = initial_rank[i, :k1 + 1]
-        backward = initial_rank[forward, :k1 + 1]
-        recip = forward[np.where(backward == i)[0]]
-        expansion = recip
+def _k_reciprocal(rank, i, k):
+    """The items among the k + 1 first of row i of ``rank`` that have i among their k + 1."""
+    forward = rank[i, :k + 1]
+    backward = rank[forward, :k + 1]
+    return forward[(backward == i).any(axis=1)]
+
+
+def reference_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
+    """The authors' algorithm, step by step: dense float32 matrices, one item at a time.
+
+    Also the baseline of ``benchmarks/rerank_speed.py`` (vectorised within an item as the
+    published code is, and with its memory: several dense (Q+G)^2 matrices).
+    """
+    num_q = q_g_dist.shape[0]
+    dist = np.block([[q_q_dist, q_g_dist], [q_g_dist.T, g_g_dist]])
+    dist = np.power(dist, 2).astype(np.float32)
+    orig = np.transpose(dist / np.max(dist, axis=0))  # row i: column i over its maximum
+    del dist
+    n = orig.shape[0]
+    rank = np.argsort(orig, axis=1).astype(np.int32)
+    half = int(np.around(k1 / 2.0))
+    v = np.zeros((n, n), dtype=np.float32)
+    for i in range(n):
+        recip = _k_reciprocal(rank, i, k1)
+        expansion = [recip]
         for candidate in recip:
-            half = int(np.around(k1 / 2.0))
-            c_forward = initial_rank[candidate, :half + 1]
-            c_backward = initial_rank[c_forward, :half + 1]
-            c_recip = c_forward[np.where(c_backward == candidate)[0]]
-            if len(np.intersect1d(c_recip, recip)) > 2.0 / 3 * len(c_recip):
-                expansion = np.append(expansion, c_recip)
-        expansion = np.unique(expansion)
-        weight = np.exp(-original_dist[i, expansion])
-        V[i, expansion] = 1.0 * weight / np.sum(weight)
-    original_dist = original_dist[:query_num]
+            half_set = _k_reciprocal(rank, candidate, half)
+            if len(np.intersect1d(half_set, recip)) > 2.0 / 3 * len(half_set):
+                expansion.append(half_set)
+        members = np.unique(np.concatenate(expansion))
+        weight = np.exp(-orig[i, members])
+        v[i, members] = weight / np.sum(weight)
     if k2 != 1:
-        V_qe = np.zeros_like(V, dtype=np.float32)
-        for i in range(all_num):
-            V_qe[i] = np.mean(V[initial_rank[i, :k2], :], axis=0)
-        V = V_qe
-    inv_index = [np.where(V[:, i] != 0)[0] for i in range(all_num)]
-    jaccard = np.zeros_like(original_dist, dtype=np.float32)
-    for i in range(query_num):
-        temp_min = np.zeros((1, all_num), dtype=np.float32)
-        nz = np.where(V[i] != 0)[0]
-        for j in nz:
-            images = inv_index[j]
-            temp_min[0, images] += np.minimum(V[i, j], V[images, j])
-        jaccard[i] = 1 - temp_min / (2.0 - temp_min)
-    final = jaccard * (1 - lambda_value) + original_dist * lambda_value
-    return final[:query_num, query_num:]
+        expanded = np.zeros_like(v)
+        for i in range(n):
+            expanded[i] = np.mean(v[rank[i, :k2]], axis=0)
+        v = expanded
+        del expanded
+    del rank
+    holders = [np.flatnonzero(v[:, k]) for k in range(n)]  # who has item k in its set
+    final = np.empty((num_q, n - num_q), dtype=np.float32)
+    for i in range(num_q):
+        shared = np.zeros(n, dtype=np.float32)
+        for k in np.flatnonzero(v[i]):
+            shared[holders[k]] += np.minimum(v[i, k], v[holders[k], k])
+        jaccard = 1 - shared / (2.0 - shared)
+        row = jaccard * (1 - lambda_value) + orig[i] * lambda_value
+        final[i] = row[num_q:]
+    return final
 
 
-def _clustered(q, g, dim, ids, seed, noise=0.7):
+def _features(q, g, dim=12, ids=15, noise=0.7, seed=0):
+    """Features clustered by identity, float32, and the identities."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(ids, dim))
-    q_pids, g_pids = rng.integers(0, ids, q), rng.integers(0, ids, g)
-    qf = (centres[q_pids] + noise * rng.normal(size=(q, dim))).astype(np.float32)
-    gf = (centres[g_pids] + noise * rng.normal(size=(g, dim))).astype(np.float32)
-    return qf, gf, q_pids, g_pids
+    centres = rng.standard_normal((ids, dim))
+    q_ids, g_ids = rng.integers(0, ids, q), rng.integers(0, ids, g)
+    qf = centres[q_ids] + noise * rng.standard_normal((q, dim))
+    gf = centres[g_ids] + noise * rng.standard_normal((g, dim))
+    return qf.astype(np.float32), gf.astype(np.float32), q_ids, g_ids
 
 
 def _matrices(qf, gf):
-    qf, gf = torch.from_numpy(qf), torch.from_numpy(gf)
-    return (euclidean_distance(qf, gf).numpy(), euclidean_distance(qf, qf).numpy(),
-            euclidean_distance(gf, gf).numpy())
+    """(q_g, q_q, g_g) Euclidean distances, float32 numpy."""
+    qf, gf = torch.as_tensor(qf), torch.as_tensor(gf)
+    return tuple(euclidean_distance(a, b).numpy() for a, b in ((qf, gf), (qf, qf), (gf, gf)))
 
 
-@pytest.mark.parametrize("seed,k1,k2,lam", [(0, 20, 6, 0.3), (1, 5, 3, 0.3), (2, 8, 1, 0.5),
-                                             (3, 12, 13, 0.0), (4, 4, 2, 1.0)])
-def test_matches_reference(seed, k1, k2, lam):
-    qf, gf, _, _ = _clustered(25, 90, 12, 15, seed)
-    mats = _matrices(qf, gf)
-    expected = _reference(*mats, k1=k1, k2=k2, lambda_value=lam)
-    got = re_ranking(*mats, k1=k1, k2=k2, lambda_value=lam)
-    assert got.shape == (25, 90) and got.dtype == np.float32
+def _assert_close(got, expected):
+    assert got.dtype == np.float32 and got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
-    from_features = re_ranking_features(qf, gf, k1=k1, k2=k2, lambda_value=lam)
-    np.testing.assert_allclose(from_features, expected, rtol=0, atol=1e-5)
 
 
-def test_expansion_happens_and_changes_the_result():
-    # Tight clusters: the k-reciprocal sets expand through their neighbours' half sets.
-    qf, gf, _, _ = _clustered(20, 120, 8, 10, 7, noise=0.3)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k1,k2,lam", [(20, 6, 0.3), (7, 1, 0.3), (10, 11, 0.0), (4, 2, 0.6),
+                                       (13, 3, 1.0)])
+def test_matrices_and_features_match_the_reference(seed, k1, k2, lam):
+    qf, gf, _, _ = _features(25, 90, seed=seed)
     mats = _matrices(qf, gf)
-    expected = _reference(*mats, k1=10, k2=4)
-    np.testing.assert_allclose(re_ranking(*mats, k1=10, k2=4), expected, atol=1e-5)
-    assert not np.allclose(expected, mats[0] ** 2 / (mats[0] ** 2).max(), atol=1e-2)
+    expected = reference_re_ranking(*mats, k1=k1, k2=k2, lambda_value=lam)
+    _assert_close(re_ranking(*mats, k1=k1, k2=k2, lambda_value=lam), expected)
+    _assert_close(re_ranking_features(qf, gf, k1=k1, k2=k2, lambda_value=lam), expected)
 
 
-def test_non_symmetric_inputs_follow_the_column_normalisation():
+def test_reranking_changes_the_order():
+    qf, gf, _, _ = _features(25, 90)
+    qg = _matrices(qf, gf)[0]
+    ranks = np.argsort(re_ranking_features(qf, gf), axis=1)
+    assert (ranks != np.argsort(qg, axis=1)).any(axis=1).mean() > 0.5
+
+
+def test_small_blocks_give_the_same_result(monkeypatch):
+    qf, gf, _, _ = _features(30, 70, seed=3)
+    mats = _matrices(qf, gf)
+    expected = re_ranking(*mats)
+    for name, value in (("_BLOCK_ELEMENTS", 1000), ("_MARK_ELEMENTS", 500),
+                        ("_JACCARD_ELEMENTS", 300), ("_GATHER_PAIRS", 64)):
+        monkeypatch.setattr(rerank, name, value)
+    _assert_close(re_ranking(*mats), expected)
+    for chunk_size in (1, 7, 29, 100):
+        _assert_close(re_ranking_features(qf, gf, chunk_size=chunk_size), expected)
+
+
+def test_expansion_is_exercised():
+    # Tight clusters: many k-reciprocal sets R(i) grow by their candidates' half sets.
+    qf, gf, _, _ = _features(20, 120, dim=8, ids=10, noise=0.3, seed=7)
+    qg, qq, gg = mats = _matrices(qf, gf)
+    top = np.argsort(np.block([[qq, qg], [qg.T, gg]]), axis=1)[:, :11]
+    indptr, _ = rerank._expanded_sets(top, 11, 6)
+    recip_size = rerank._reciprocal(top, np.arange(140), 11).sum(axis=1)
+    assert (np.diff(indptr) > recip_size).sum() > 20
+    expected = reference_re_ranking(*mats, k1=10, k2=4)
+    _assert_close(re_ranking(*mats, k1=10, k2=4), expected)
+    _assert_close(re_ranking_features(qf, gf, k1=10, k2=4), expected)
+
+
+def test_non_symmetric_matrices_use_columns():
     rng = np.random.default_rng(5)
     qg, qq, gg = rng.random((15, 40)), rng.random((15, 15)), rng.random((40, 40))
     np.fill_diagonal(qq, 0)
     np.fill_diagonal(gg, 0)
-    expected = _reference(qg, qq, gg, k1=6, k2=3)
-    np.testing.assert_allclose(re_ranking(qg, qq, gg, k1=6, k2=3), expected, atol=1e-5)
-    # Torch input gives the same.
-    got = re_ranking(*(torch.from_numpy(x) for x in (qg, qq, gg)), k1=6, k2=3)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    for k1, k2, lam in ((6, 3, 0.3), (20, 1, 0.7)):
+        expected = reference_re_ranking(qg, qq, gg, k1=k1, k2=k2, lambda_value=lam)
+        _assert_close(re_ranking(qg, qq, gg, k1=k1, k2=k2, lambda_value=lam), expected)
+        assert np.abs(re_ranking(qg, qq.T, gg.T, k1=k1, k2=k2, lambda_value=lam)
+                      - expected).max() > 1e-3
+    # lambda = 1: the original distance, q_g^2 over the maximum of column i of [q_q; q_g^T].
+    col_max = np.maximum((qq ** 2).max(axis=0), (qg ** 2).max(axis=1))
+    _assert_close(re_ranking(qg, qq, gg, lambda_value=1.0),
+                  ((qg ** 2).astype(np.float32) / col_max[:, None].astype(np.float32)))
 
 
-def test_small_sets_with_fewer_items_than_k1():
-    qf, gf, _, _ = _clustered(3, 8, 4, 3, 9)
+def test_torch_and_float64_inputs():
+    qf, gf, _, _ = _features(20, 50, seed=4)
     mats = _matrices(qf, gf)
-    np.testing.assert_allclose(re_ranking(*mats, k1=20, k2=6),
-                               _reference(*mats, k1=20, k2=6), atol=1e-5)
+    expected = reference_re_ranking(*mats, k1=8, k2=3)
+    _assert_close(re_ranking(*(torch.from_numpy(m) for m in mats), k1=8, k2=3), expected)
+    _assert_close(re_ranking(*(m.astype(np.float64) for m in mats), k1=8, k2=3), expected)
+    _assert_close(re_ranking_features(torch.from_numpy(qf), torch.from_numpy(gf).double(),
+                                      k1=8, k2=3), expected)
 
 
-def test_rerank_improves_map_on_clustered_data():
-    qf, gf, q_pids, g_pids = _clustered(60, 400, 16, 40, 11, noise=1.2)
-    q_cams, g_cams = np.zeros(60, int), np.ones(400, int)
-    plain = evaluate_rank(_matrices(qf, gf)[0], q_pids, g_pids, q_cams, g_cams)
-    reranked = evaluate_rank(re_ranking_features(qf, gf), q_pids, g_pids, q_cams, g_cams)
-    assert reranked["mAP"] > plain["mAP"]
+def test_fewer_items_than_neighbours():
+    qf, gf, _, _ = _features(3, 8, dim=4, ids=3, seed=9)
+    mats = _matrices(qf, gf)
+    for k1, k2 in ((20, 21), (20, 6), (6, 7)):
+        expected = reference_re_ranking(*mats, k1=k1, k2=k2)
+        _assert_close(re_ranking(*mats, k1=k1, k2=k2), expected)
+        _assert_close(re_ranking_features(qf, gf, k1=k1, k2=k2), expected)
 
 
-def test_bad_input():
-    qf, gf, _, _ = _clustered(5, 12, 4, 3, 0)
-    qg, qq, gg = _matrices(qf, gf)
-    with pytest.raises(ValueError, match="g_g_dist"):
-        re_ranking(qg, qq, gg[:5])
-    with pytest.raises(ValueError, match="2-D"):
-        re_ranking(qg[0], qq, gg)
-    bad = qg.copy()
-    bad[0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        re_ranking(bad, qq, gg)
-    with pytest.raises(ValueError, match="empty"):
-        re_ranking(qg[:0], qq[:0, :0], gg)
-    with pytest.raises(ValueError, match="k1"):
-        re_ranking(qg, qq, gg, k1=0)
-    with pytest.raises(ValueError, match="k2"):
-        re_ranking(qg, qq, gg, k1=4, k2=6)
-    with pytest.raises(ValueError, match="lambda"):
-        re_ranking(qg, qq, gg, lambda_value=1.5)
-    with pytest.raises(ValueError, match="same D"):
-        re_ranking_features(qf, gf[:, :2])
-    with pytest.raises(ValueError, match="NaN"):
-        re_ranking_features(np.full_like(qf, np.nan), gf)
+def test_improves_map_on_clustered_data():
+    # 40 identities seen by two cameras, one query each, six gallery images; noisy features.
+    rng = np.random.default_rng(11)
+    centres = rng.standard_normal((40, 16))
+    q_ids, g_ids = np.arange(40), np.repeat(np.arange(40), 6)
+    qf = centres[q_ids] + 1.1 * rng.standard_normal((40, 16))
+    gf = centres[g_ids] + 1.1 * rng.standard_normal((240, 16))
+    cams = np.zeros(40, dtype=int), np.ones(240, dtype=int)
+    plain = evaluate_rank(_matrices(qf, gf)[0], q_ids, g_ids, *cams)["mAP"]
+    reranked = evaluate_rank(re_ranking_features(qf, gf, k1=10, k2=4), q_ids, g_ids, *cams)["mAP"]
+    assert reranked > plain + 0.05
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: (m[0], m[1], m[2][:5]), "do not fit"),
+    (lambda m: (m[0], m[1][:, :3], m[2]), "do not fit"),
+    (lambda m: (m[0][0], m[1], m[2]), "2-D"),
+    (lambda m: (m[0][:0], m[1][:0, :0], m[2]), "empty"),
+    (lambda m: (m[0][:, :0], m[1], m[2][:0, :0]), "empty"),
+    (lambda m: (np.where(np.eye(*m[0].shape, dtype=bool), np.nan, m[0]), m[1], m[2]), "NaN"),
+    (lambda m: (m[0], m[1], np.where(np.eye(12, dtype=bool), np.inf, m[2])), "NaN or infinite"),
+    (lambda m: (m[0] * 0, m[1] * 0, m[2] * 0), "all its distances zero"),
+])
+def test_bad_matrices(change, message):
+    qf, gf, _, _ = _features(5, 12, dim=4, ids=3)
+    with pytest.raises(ValueError, match=message):
+        re_ranking(*change(_matrices(qf, gf)))
+
+
+@pytest.mark.parametrize("params,message", [
+    (dict(k1=0), "k1 must be at least 1"), (dict(k1=2.0), "k1 must be an integer"),
+    (dict(k2=0), "k2"), (dict(k1=4, k2=6), r"k2 must be in \[1, k1 \+ 1\]"),
+    (dict(lambda_value=-0.1), "lambda_value"), (dict(lambda_value=1.5), "lambda_value"),
+    (dict(lambda_value=float("nan")), "lambda_value"),
+])
+def test_bad_parameters(params, message):
+    qf, gf, _, _ = _features(5, 12, dim=4, ids=3)
+    with pytest.raises(ValueError, match=message):
+        re_ranking(*_matrices(qf, gf), **params)
+    with pytest.raises(ValueError, match=message):
+        re_ranking_features(qf, gf, **params)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda q, g: (q, g[:, :3]), "dims"),
+    (lambda q, g: (q[0], g), "2-D"),
+    (lambda q, g: (q[:0], g), "empty"),
+    (lambda q, g: (q, np.full_like(g, np.nan)), "NaN"),
+    (lambda q, g: (q, np.full_like(g, np.inf)), "infinite"),
+])
+def test_bad_features(change, message):
+    qf, gf, _, _ = _features(5, 12, dim=4, ids=3)
+    with pytest.raises(ValueError, match=message):
+        re_ranking_features(*change(qf, gf))
+
+
+def test_bad_chunk_size():
+    qf, gf, _, _ = _features(5, 12, dim=4, ids=3)
+    with pytest.raises(ValueError, match="chunk_size"):
+        re_ranking_features(qf, gf, chunk_size=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_features_on_gpu():
+    qf, gf, _, _ = _features(25, 90, seed=1)
+    expected = re_ranking_features(qf, gf)
+    _assert_close(re_ranking_features(torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda()),
+                  expected)
