@@ -467,9 +467,7 @@ def _evaluate_blocks(blocks, q_pids, q_camids, opts: _Options, chunk_size, num_w
 
     def run(block, start, offset):
         stop = min(offset + chunk_size, block.shape[0])
-        if not hasattr(local, "work"):
-            local.work = _Workspace(min(chunk_size, num_q), num_g, block.dtype)
-        if local.work.dtype != block.dtype:
+        if getattr(local, "work", None) is None or local.work.dtype != block.dtype:
             local.work = _Workspace(min(chunk_size, num_q), num_g, block.dtype)
         q = slice(start + offset, start + stop)
         with np.errstate(over="ignore", invalid="ignore"):
