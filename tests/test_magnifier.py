@@ -244,3 +244,64 @@ def test_tiny_overfit_drives_the_loss_down():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
     assert np.isfinite(losses).all()
+
+
+def _randomise_bnnecks(model, seed=0):
+    """Give every BNNeck statistics and affine terms far from the identity a fresh model has."""
+    g = torch.Generator().manual_seed(seed)
+    necks = [model.global_branch.bnneck] + [b.bnneck for b in (model.srb, model.sfb) if b is not None]
+    for bn in necks:
+        c = bn.num_features
+        bn.running_mean.copy_(torch.randn(c, generator=g) * 2)
+        bn.running_var.copy_(torch.rand(c, generator=g) * 4 + 0.25)
+        with torch.no_grad():
+            bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
+            if bn.bias is not None:
+                bn.bias.copy_(torch.randn(c, generator=g))
+    return necks
+
+
+def _bn(x, bn):
+    """Batch norm in eval mode written out: (x - mean) / sqrt(var + eps) * weight + bias."""
+    y = (x - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight
+    return y + bn.bias if bn.bias is not None else y
+
+
+def test_test_embedding_is_taken_after_each_bnneck():
+    """The evaluation embedding concatenates the branches' features *after* their BNNeck (the
+    strong baseline's neck_feat='after'). A fresh BNNeck is nearly the identity, so its running
+    statistics are set to non-trivial values here and the embedding is rebuilt by hand."""
+    model = MagnifierNet(num_classes=4, backbone="resnet18", gt_masks_at_test=True).eval()
+    _randomise_bnnecks(model)
+    images, masks, _ = _batch(4, 128, 64)
+    with torch.no_grad():
+        f3, f4 = model.backbone(images)
+        g = _bn(f4.mean((2, 3)), model.global_branch.bnneck)
+        s = _bn(model.srb(f3)["feat"], model.srb.bnneck)
+        from magnifier.models.branches import labels_to_grid
+
+        labels = labels_to_grid(masks, tuple(f3.shape[-2:]))
+        u = _bn(model.sfb(f3, labels)["feat"], model.sfb.bnneck)
+        expected = torch.nn.functional.normalize(torch.cat([g, s, u], 1), dim=1)
+        got = model(images, masks)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+        for name, part in (("global", g), ("srb", s), ("sfb", u)):
+            model.embedding = [name]
+            torch.testing.assert_close(model(images, masks), torch.nn.functional.normalize(part, dim=1),
+                                       atol=1e-5, rtol=1e-4)
+        # before the BNNeck the embedding would be clearly different
+        model.embedding = ["global"]
+        before = torch.nn.functional.normalize(f4.mean((2, 3)), dim=1)
+        assert (model(images) - before).abs().max() > 0.05
+
+
+def test_baseline_test_embedding_is_after_the_bnneck():
+    from magnifier.models import Baseline
+
+    model = Baseline(num_classes=4, backbone="resnet18").eval()
+    _randomise_bnnecks(model, seed=1)
+    images = _batch(4, 128, 64)[0]
+    with torch.no_grad():
+        f4 = model.backbone(images)[1]
+        expected = torch.nn.functional.normalize(_bn(f4.mean((2, 3)), model.global_branch.bnneck), dim=1)
+        torch.testing.assert_close(model(images), expected, atol=1e-5, rtol=1e-4)

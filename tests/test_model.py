@@ -116,3 +116,51 @@ def test_pretrained_without_network_is_one_clear_line(monkeypatch):
     msg = str(err.value)
     assert "\n" not in msg and "could not get ImageNet weights for resnet50" in msg
     assert "model.backbone.weights=" in msg
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.3])
+def test_reid_loss_uses_its_label_smoothing_for_every_id_term(eps):
+    """ReIDLoss(label_smoothing=eps) passes eps to every ID term (global, SRB, regions, SFB):
+    eps = 0 is plain cross-entropy, and eps = 0.3 the smoothed formula, written out here."""
+    g = torch.Generator().manual_seed(0)
+    n, c = 8, 5
+    pids = torch.arange(4).repeat_interleave(2)
+
+    def smoothed(logits):
+        logp = torch.log_softmax(logits, 1)
+        target = torch.full_like(logp, eps / c)
+        target[torch.arange(n), pids] += 1 - eps
+        return -(target * logp).sum(1).mean()
+
+    logits = {k: torch.randn(n, c, generator=g) * 3 for k in ("global", "srb", "sfb")}
+    regions = torch.randn(8, n, c, generator=g) * 3
+    betas = torch.linspace(0.2, 0.9, 8)
+    out = {"global_logits": logits["global"], "global_feat": torch.randn(n, 6, generator=g),
+           "srb_logits": logits["srb"], "srb_beta": torch.tensor(0.7),
+           "sfb_region_logits": regions, "sfb_region_betas": betas, "sfb_logits": logits["sfb"]}
+    terms = ReIDLoss(label_smoothing=eps, triplet_weight=0.0, srb_weight=1.0, region_weight=1.0,
+                     sfb_weight=1.0)(out, pids)
+    torch.testing.assert_close(terms["id"], smoothed(logits["global"]))
+    torch.testing.assert_close(terms["srb"], smoothed(logits["srb"]))
+    torch.testing.assert_close(terms["sfb"], smoothed(logits["sfb"]))
+    torch.testing.assert_close(terms["region"], sum(b * smoothed(r) for b, r in zip(betas, regions)))
+    if eps == 0.0:
+        torch.testing.assert_close(terms["id"], torch.nn.functional.cross_entropy(logits["global"], pids))
+
+
+def test_each_triplet_term_reads_its_own_feature():
+    """``triplet`` is computed on global_feat and ``sfb_triplet`` on the fused sfb_feat; hand-made
+    points give each a different, known value, and the margin setting reaches both."""
+    pids = torch.tensor([0, 0, 1, 1])
+    global_feat = torch.tensor([[0.0], [1.0], [3.0], [5.0]])  # loss 0.2 at margin 0.3 (see above)
+    sfb_feat = torch.tensor([[0.0], [0.5], [4.0], [4.5]])  # well separated: loss 0 at margin 0.3
+    out = {"global_logits": torch.zeros(4, 2), "global_feat": global_feat, "sfb_feat": sfb_feat}
+    terms = ReIDLoss(id_weight=0.0, sfb_triplet_weight=1.0)(out, pids)
+    ref_global = (max(0, 1 - 3 + 0.3) + max(0, 1 - 2 + 0.3) + max(0, 2 - 2 + 0.3) + max(0, 2 - 4 + 0.3)) / 4
+    assert math.isclose(terms["triplet"].item(), ref_global, rel_tol=1e-5)
+    assert math.isclose(terms["sfb_triplet"].item(), 0.0, abs_tol=1e-6)
+    # a margin of 4 makes the SFB term positive: d_ap 0.5 for every anchor, d_an 4, 3.5, 3.5, 4
+    terms = ReIDLoss(id_weight=0.0, sfb_triplet_weight=1.0, margin=4.0)(out, pids)
+    assert math.isclose(terms["sfb_triplet"].item(), (0.5 + 1.0 + 1.0 + 0.5) / 4, rel_tol=1e-5)
+    assert math.isclose(terms["triplet"].item(), (2 + 3 + 4 + 2) / 4, rel_tol=1e-5)
+    torch.testing.assert_close(terms["loss"], terms["triplet"] + terms["sfb_triplet"])
