@@ -140,6 +140,7 @@ def _ddp_worker(rank, world_size, port, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.multiprocess
 def test_two_process_gloo_matches_single_process(tmp_path):
     data = _make_data(num_gallery=161, seed=7)
     single = ReIDMetric()

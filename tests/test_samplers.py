@@ -315,10 +315,15 @@ _DDP_SCRIPT = textwrap.dedent(
         trainer.fit(model, train_dataloaders=loader)
         with open(os.path.join(out_dir, f"rank{trainer.global_rank}.json"), "w") as f:
             json.dump({"records": model.records, "num_steps": sampler.num_steps}, f)
+        # what every DDP script must do: close the group before the interpreter exits (else
+        # it can abort with SIGABRT after training; see magnifier.distributed)
+        from magnifier.distributed import close_process_group
+        assert close_process_group()
     """
 )
 
 
+@pytest.mark.multiprocess
 def test_lightning_ddp_two_processes(tmp_path):
     script = tmp_path / "ddp_script.py"
     script.write_text(_DDP_SCRIPT)

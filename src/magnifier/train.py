@@ -69,6 +69,7 @@ def train(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from magnifier.data.dataset import LabelMapError
+    from magnifier.distributed import close_process_group
     from magnifier.module import ReIDModule
 
     # The GPU check comes before any data is touched: a wrong trainer.gpus fails in a second.
@@ -122,6 +123,9 @@ def train(cfg: DictConfig) -> dict:
         split = "test" if any(k.startswith("test/") for k in metrics) else "val"
         shown = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(split + "/")}
         print(f"\n{cfg.dataset.name} query/gallery ({split}, %):\n" + format_results(shown, best), flush=True)
+    # A DDP run closes its process group here, not at interpreter exit, where Gloo's threads
+    # can abort the process (SIGABRT) after a run that succeeded: see magnifier.distributed.
+    close_process_group()
     return metrics
 
 

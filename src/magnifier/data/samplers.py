@@ -194,7 +194,11 @@ class RandomIdentitySampler(DistributedSampler):
     @property
     def num_steps(self) -> int:
         """Number of batches per epoch on every rank: ``max(1, total_chunks // (P * W))``."""
-        world = self.num_replicas
+        return self.steps_per_epoch(self.num_replicas)
+
+    def steps_per_epoch(self, world: int) -> int:
+        """Batches per epoch and rank with ``world`` ranks (a method, not only the property, so
+        mutation testing reaches the formula)."""
         self._validate_num_ids(world)
         return max(1, int(self._chunks_per_id.sum()) // (self.num_pids_per_batch * world))
 

@@ -15,7 +15,8 @@ def float32_loss(fn: F) -> F:
 
     Squared distances, norms and softmax sums overflow float16 (and lose precision in bfloat16);
     a matmul inside autocast would run in half precision even on float32 inputs, so casting
-    the inputs alone is not enough.
+    the inputs alone is not enough. The losses apply it as ``name = float32_loss(_name)``; the
+    wrapper takes the public name (``_name`` without its underscore).
     """
 
     def cast(x):
@@ -31,4 +32,6 @@ def float32_loss(fn: F) -> F:
         with torch.autocast(device_type=device, enabled=False):
             return fn(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()})
 
+    public = fn.__name__.lstrip("_")
+    wrapper.__name__, wrapper.__qualname__ = public, fn.__qualname__.replace(fn.__name__, public)
     return wrapper  # type: ignore[return-value]
