@@ -436,3 +436,24 @@ def test_first_draw_probabilities_follow_the_chunk_weights():
     share = np.mean(np.asarray(firsts) == 0)
     # binomial(2000, 0.25): sd ~ 0.0097; uniform over 31 identities would give ~0.032
     assert abs(share - 0.25) < 0.05, share
+
+
+def test_partial_chunks_are_filled_with_other_images_of_the_identity_without_repeats():
+    """An identity with at least K images never repeats an image inside a chunk: its leftover
+    partial chunk is filled with its *other* images, drawn without replacement (repeats are
+    only for identities with fewer than K images)."""
+    sizes = [5, 6, 7, 9, 13, 4, 8]
+    pids = np.repeat(np.arange(len(sizes)), sizes).tolist()
+    s = RandomIdentitySampler(pids, num_instances=4, batch_size=8, seed=0)
+    rng = np.random.default_rng(0)
+    for epoch in range(30):
+        s.set_epoch(epoch)
+        schedule = s.global_schedule()
+        for chunk in schedule.reshape(-1, 4):
+            assert len(set(chunk.tolist())) == 4, chunk
+        # the chunk filler on its own: leftover [i] of an identity with 5 images gets 3 others
+        idxs = np.arange(10, 15)
+        for r in range(1, 4):
+            filled = s._fill(rng, idxs[:r], idxs)
+            assert len(filled) == 4 and len(set(filled.tolist())) == 4
+            assert set(filled.tolist()) <= set(idxs.tolist())
