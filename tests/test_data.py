@@ -273,3 +273,49 @@ def test_an_unreadable_query_or_gallery_image_stops_at_setup(tiny_data_dir, tmp_
     victim.write_bytes(b"")
     with pytest.raises(UserError, match=rf"1 query/gallery image\(s\) of 'synthetic' cannot be read \(first: {victim}\)"):
         _datamodule(tmp_path).setup("test")
+
+
+def test_default_train_pipeline_is_the_strong_baseline_recipe():
+    """The defaults are the strong baseline's: resize (linear for the image, nearest for the
+    labels), flip p=0.5, zero padding of 10 + random crop back to the size, ImageNet
+    normalisation, random erasing p=0.5 on the image only (area 2-40 %, aspect 0.3-3.3)."""
+    import albumentations as A
+    import cv2
+
+    t = build_transforms(256, 128, train=True).transforms
+    names = [type(op).__name__ for op in t]
+    assert names == ["Resize", "HorizontalFlip", "PadIfNeeded", "RandomCrop", "Normalize", "Erasing", "ToTensorV2"]
+    resize, flip, pad, crop, norm, erase = t[:6]
+    assert (resize.height, resize.width) == (256, 128)
+    assert resize.interpolation == cv2.INTER_LINEAR and resize.mask_interpolation == cv2.INTER_NEAREST
+    assert flip.p == 0.5
+    assert (pad.min_height, pad.min_width) == (276, 148)
+    assert pad.border_mode == cv2.BORDER_CONSTANT and pad.fill == 0 and pad.fill_mask == 0
+    assert (crop.height, crop.width) == (256, 128)
+    assert tuple(norm.mean) == (0.485, 0.456, 0.406) and tuple(norm.std) == (0.229, 0.224, 0.225)
+    assert erase.p == 0.5 and tuple(erase.scale) == (0.02, 0.4) and tuple(erase.ratio) == (0.3, 3.3)
+    assert erase.fill == 0 and erase.fill_mask is None
+    assert isinstance(build_transforms(256, 128, train=False).transforms[0], A.Resize)
+    assert [type(op).__name__ for op in build_transforms(256, 128, train=False).transforms] == [
+        "Resize", "Normalize", "ToTensorV2"]
+
+
+def test_padding_shifts_by_at_most_pad_pixels_with_zero_image_and_background_labels():
+    """Pad 10 + random crop: over many draws the content moves by up to exactly 10 pixels, and
+    what comes in from the border is a zero image and label 0."""
+    h, w = 32, 16
+    image = np.full((h, w, 3), 200, np.uint8)
+    mask = np.full((h, w), 3, np.uint8)
+    t = build_transforms(h, w, train=True, flip_p=0.0, erasing_p=0.0, mean=(0, 0, 0), std=(1, 1, 1))
+    shifts = set()
+    for _ in range(300):
+        out = t(image=image, mask=mask)
+        img, lab = out["image"].numpy(), out["mask"].numpy()
+        inside = lab == 3
+        assert ((img[0] > 0) == inside).all()  # padded pixels are 0 where the label is 0
+        assert set(np.unique(lab)) <= {0, 3}
+        rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+        shifts.add((int(rows[0]) if rows[0] else -(h - 1 - int(rows[-1])), int(cols[0]) if cols[0] else -(w - 1 - int(cols[-1]))))
+    dy = {abs(s[0]) for s in shifts}
+    dx = {abs(s[1]) for s in shifts}
+    assert max(dy) == 10 and max(dx) == 10
