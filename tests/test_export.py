@@ -78,7 +78,9 @@ def test_other_fusions_export_with_the_same_sfb_pooling(fusion, tmp_path, monkey
         monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
         masked = net(x)
         monkeypatch.undo()
-    assert torch.equal(scatter, masked)
+    # Max pooling is exact either way; the attention fusion's weighted sum may round in the last
+    # bit differently on some CPUs (1.1e-8 seen), far below what a pooling mistake would change.
+    torch.testing.assert_close(scatter, masked, rtol=0, atol=1e-6)
     path = tmp_path / f"{fusion}.onnx"
     export_onnx(net, path, 64, 32)
     assert "ScatterElements" not in {node.op_type for node in onnx.load(str(path)).graph.node}
