@@ -451,8 +451,9 @@ def test_partial_chunks_are_filled_with_other_images_of_the_identity_without_rep
         schedule = s.global_schedule()
         for chunk in schedule.reshape(-1, 4):
             assert len(set(chunk.tolist())) == 4, chunk
-        # the chunk filler on its own: leftover [i] of an identity with 5 images gets 3 others
-        idxs = np.arange(10, 15)
+    # the chunk filler on its own: a leftover of r images of an identity with 5 gets 4 - r others
+    idxs = np.arange(10, 15)
+    for _ in range(30):
         for r in range(1, 4):
             filled = s._fill(rng, idxs[:r], idxs)
             assert len(filled) == 4 and len(set(filled.tolist())) == 4
