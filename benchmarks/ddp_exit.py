@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.conftest import TINY, tiny_overrides  # noqa: E402  (the same tiny dataset as the tests)
 
 # A bare Lightning DDP fit on two CPU processes: what a user's own script looks like.
 LIGHTNING_SCRIPT = textwrap.dedent(
@@ -96,15 +98,12 @@ GLOO_SCRIPT = textwrap.dedent(
     """
 )
 
-TINY = dict(num_ids=16, num_cams=3, images_per_cam=2, height=64, width=32, seed=0)
-
-
 def _train_command(data_dir: Path, log_dir: Path) -> list[str]:
-    overrides = [
-        f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}", "trainer=ddp_sim", "trainer.max_epochs=1",
-        "trainer.check_val_every_n_epoch=1", "logger=csv", "dataset.height=64", "dataset.width=32",
-        "dataset.batch_size=8", "dataset.num_instances=4", "dataset.num_workers=0", "dataset.test_batch_size=32",
-    ] + [f"dataset.synthetic.{k}={v}" for k, v in TINY.items()]
+    """The test suite's tiny two-process training (tests/test_train.py's DDP run), one epoch."""
+    overrides = tiny_overrides(data_dir) + [
+        f"paths.log_dir={log_dir}", "trainer=ddp_sim", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
+        "logger=csv", "dataset.batch_size=8",
+    ]
     return [sys.executable, "-m", "magnifier.train", *overrides]
 
 

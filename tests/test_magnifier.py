@@ -258,7 +258,6 @@ def _randomise_bnnecks(model, seed=0):
             bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
             if bn.bias is not None:
                 bn.bias.copy_(torch.randn(c, generator=g))
-    return necks
 
 
 def _bn(x, bn):

@@ -152,7 +152,7 @@ def test_each_triplet_term_reads_its_own_feature():
     """``triplet`` is computed on global_feat and ``sfb_triplet`` on the fused sfb_feat; hand-made
     points give each a different, known value, and the margin setting reaches both."""
     pids = torch.tensor([0, 0, 1, 1])
-    global_feat = torch.tensor([[0.0], [1.0], [3.0], [5.0]])  # loss 0.2 at margin 0.3 (see above)
+    global_feat = torch.tensor([[0.0], [1.0], [3.0], [5.0]])  # loss 0.3 / 4 at margin 0.3 (only anchor 2 violates)
     sfb_feat = torch.tensor([[0.0], [0.5], [4.0], [4.5]])  # well separated: loss 0 at margin 0.3
     out = {"global_logits": torch.zeros(4, 2), "global_feat": global_feat, "sfb_feat": sfb_feat}
     terms = ReIDLoss(id_weight=0.0, sfb_triplet_weight=1.0)(out, pids)
