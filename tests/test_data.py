@@ -300,13 +300,15 @@ def test_default_train_pipeline_is_the_strong_baseline_recipe():
         "Resize", "Normalize", "ToTensorV2"]
 
 
-def test_padding_shifts_by_at_most_pad_pixels_with_zero_image_and_background_labels():
-    """Pad 10 + random crop: over many draws the content moves by up to exactly 10 pixels, and
-    what comes in from the border is a zero image and label 0."""
+@pytest.mark.parametrize("pad", [10, 1])
+def test_padding_shifts_by_at_most_pad_pixels_with_zero_image_and_background_labels(pad):
+    """Pad + random crop: over many draws the content moves by up to exactly ``pad`` pixels (10
+    by default), and what comes in from the border is a zero image and label 0."""
     h, w = 32, 16
     image = np.full((h, w, 3), 200, np.uint8)
     mask = np.full((h, w), 3, np.uint8)
-    t = build_transforms(h, w, train=True, flip_p=0.0, erasing_p=0.0, mean=(0, 0, 0), std=(1, 1, 1))
+    kwargs = {} if pad == 10 else {"pad": pad}  # 10 must be the default
+    t = build_transforms(h, w, train=True, flip_p=0.0, erasing_p=0.0, mean=(0, 0, 0), std=(1, 1, 1), **kwargs)
     shifts = set()
     for _ in range(300):
         out = t(image=image, mask=mask)
@@ -318,4 +320,4 @@ def test_padding_shifts_by_at_most_pad_pixels_with_zero_image_and_background_lab
         shifts.add((int(rows[0]) if rows[0] else -(h - 1 - int(rows[-1])), int(cols[0]) if cols[0] else -(w - 1 - int(cols[-1]))))
     dy = {abs(s[0]) for s in shifts}
     dx = {abs(s[1]) for s in shifts}
-    assert max(dy) == 10 and max(dx) == 10
+    assert max(dy) == pad and max(dx) == pad

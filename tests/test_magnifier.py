@@ -304,3 +304,19 @@ def test_baseline_test_embedding_is_after_the_bnneck():
         f4 = model.backbone(images)[1]
         expected = torch.nn.functional.normalize(_bn(f4.mean((2, 3)), model.global_branch.bnneck), dim=1)
         torch.testing.assert_close(model(images), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_given_masks_are_ignored_at_test_time_unless_gt_masks_at_test():
+    """By default the SFB's test-time regions come from the parsing head even when the batch
+    carries label maps (the evaluation must not peek at ground truth); with
+    gt_masks_at_test=True the given maps are used."""
+    torch.manual_seed(0)
+    model = MagnifierNet(num_classes=4, backbone="resnet18").eval()
+    images, masks, _ = _batch(4, 128, 64)
+    other = torch.flip(masks, dims=[1])  # a different, valid labelling
+    with torch.no_grad():
+        plain = model(images)
+        torch.testing.assert_close(model(images, masks), plain)
+        torch.testing.assert_close(model(images, other), plain)
+        model.gt_masks_at_test = True
+        assert not torch.allclose(model(images, masks), model(images, other))

@@ -458,3 +458,24 @@ def test_partial_chunks_are_filled_with_other_images_of_the_identity_without_rep
             filled = s._fill(rng, idxs[:r], idxs)
             assert len(filled) == 4 and len(set(filled.tolist())) == 4
             assert set(filled.tolist()) <= set(idxs.tolist())
+
+
+def test_top_up_with_identities_of_fewer_than_k_images():
+    """The top-up draws fresh chunks for identities already used this epoch; an identity with
+    fewer than K images gets all its images, padded with repeats of its own."""
+    pids = [0] * 16 + [i for i in range(1, 5) for _ in range(2)]  # 4 chunks + 4 small identities
+    pids_arr = np.asarray(pids)
+    s = RandomIdentitySampler(pids, num_instances=4, batch_size=16, seed=0)
+    assert s.num_steps == 2
+    for epoch in range(25):
+        s.set_epoch(epoch)
+        schedule = s.global_schedule()
+        assert len(set(pids_arr[schedule[0, :, 0]]) & set(pids_arr[schedule[1, :, 0]])) >= 2  # topped up
+        for chunk in schedule.reshape(-1, 4):
+            ident = pids_arr[chunk[0]]
+            assert (pids_arr[chunk] == ident).all()
+            own = set(np.flatnonzero(pids_arr == ident).tolist())
+            if len(own) < 4:
+                assert set(chunk.tolist()) == own  # every image of the small identity is there
+            else:
+                assert len(set(chunk.tolist())) == 4
