@@ -479,3 +479,9 @@ def test_top_up_with_identities_of_fewer_than_k_images():
                 assert set(chunk.tolist()) == own  # every image of the small identity is there
             else:
                 assert len(set(chunk.tolist())) == 4
+
+
+def test_defaults_are_the_strong_baseline_batch():
+    """P = 16 identities x K = 4 images, seed 0: the strong baseline's (and the paper's) batch."""
+    s = RandomIdentitySampler(list(range(20)) * 4)
+    assert (s.num_instances, s.batch_size, s.num_pids_per_batch, s.seed) == (4, 64, 16, 0)
