@@ -320,3 +320,26 @@ def test_given_masks_are_ignored_at_test_time_unless_gt_masks_at_test():
         torch.testing.assert_close(model(images, other), plain)
         model.gt_masks_at_test = True
         assert not torch.allclose(model(images, masks), model(images, other))
+
+
+def test_parsing_loss_when_the_last_classes_are_absent():
+    """A batch without feet (or any of the highest labels) still averages over the classes
+    present only: the per-class tables keep all 8 entries."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, NUM_PARTS, 4, 4, generator=g)
+    labels = torch.zeros(2, 4, 4, dtype=torch.long)
+    labels[:, :2] = 2  # background and torso only
+    pixel = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    expected = (pixel[labels == 0].mean() + pixel[labels == 2].mean()) / 2
+    torch.testing.assert_close(class_balanced_parsing_loss(logits, labels), expected)
+
+
+def test_diversity_loss_does_not_depend_on_the_vectors_length():
+    """A cosine similarity: region vectors of norm 1e-2 give the loss of the same directions at
+    norm 10 (the normalisation's eps only guards against a zero vector)."""
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(8, 4, 16, generator=g).abs()  # positive: correlated regions, loss > 0
+    unit = torch.nn.functional.normalize(feats, dim=-1)
+    big = semantic_diversity_loss(unit * 10)
+    assert big > 0.1
+    torch.testing.assert_close(semantic_diversity_loss(unit * 1e-2), big)
