@@ -164,3 +164,23 @@ def test_each_triplet_term_reads_its_own_feature():
     assert math.isclose(terms["sfb_triplet"].item(), (0.5 + 1.0 + 1.0 + 0.5) / 4, rel_tol=1e-5)
     assert math.isclose(terms["triplet"].item(), (2 + 3 + 4 + 2) / 4, rel_tol=1e-5)
     torch.testing.assert_close(terms["loss"], terms["triplet"] + terms["sfb_triplet"])
+
+
+def test_reid_loss_defaults_are_the_baseline_loss():
+    """ReIDLoss() is the strong baseline's loss whatever the model outputs: ID (eps 0.1) +
+    batch-hard triplet (margin 0.3), every MagnifierNet term off; and the triplet's own default
+    margin is 0.3."""
+    from magnifier.models import MagnifierNet
+
+    torch.manual_seed(0)
+    model = MagnifierNet(num_classes=4, backbone="resnet18")
+    masks = (torch.arange(128)[:, None].expand(128, 32) * 8 // 128).expand(8, 128, 32).clone()
+    pids = torch.arange(4).repeat_interleave(2)
+    out = model(torch.randn(8, 3, 128, 32), masks)
+    terms = ReIDLoss()(out, pids)
+    assert set(terms) == {"loss", "id", "triplet", "triplet_acc"}
+    torch.testing.assert_close(terms["id"], cross_entropy_label_smooth(out["global_logits"], pids, 0.1))
+    torch.testing.assert_close(terms["triplet"], batch_hard_triplet_loss(out["global_feat"], pids, 0.3)[0])
+    torch.testing.assert_close(terms["loss"], terms["id"] + terms["triplet"])
+    feats = torch.tensor([[0.0], [1.0], [3.0], [5.0]])
+    assert math.isclose(batch_hard_triplet_loss(feats, torch.tensor([0, 0, 1, 1]))[0].item(), 0.3 / 4, rel_tol=1e-5)
