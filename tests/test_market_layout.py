@@ -20,7 +20,8 @@ def _tree(root: Path, files: dict[str, list[str]]) -> Path:
 
 def test_market_drops_junk_keeps_distractors_in_the_gallery(tmp_path):
     _tree(tmp_path / "Market-1501-v15.09.15", {
-        "bounding_box_train": ["0002_c1s1_000451_03.jpg", "0002_c2s1_000551_01.jpg", "0007_c6s3_085667_02.jpg", "Thumbs.db"],
+        # junk and distractor names sort first: each is skipped and the rest of the folder still read
+        "bounding_box_train": ["-1_c1s1_000001_00.jpg", "0000_c1s1_000002_00.jpg", "0002_c1s1_000451_03.jpg", "0002_c2s1_000551_01.jpg", "0007_c6s3_085667_02.jpg", "Thumbs.db"],
         "query": ["0001_c1s1_001051_00.jpg", "0003_c3s3_064744_00.jpg"],
         "bounding_box_test": ["-1_c1s1_000401_03.jpg", "0000_c1s1_000151_01.jpg", "0001_c2s1_000301_01.jpg",
                               "0003_c5s3_065187_02.jpg"],
@@ -63,7 +64,8 @@ def test_training_on_several_datasets_keeps_identities_apart(tmp_path):
     from magnifier.data import ReIDDataModule
 
     _tree(tmp_path / "Market-1501-v15.09.15", {
-        "bounding_box_train": ["0002_c1s1_000451_03.jpg", "0007_c6s3_085667_02.jpg"],
+        # junk and distractor names sort first: each is skipped and the rest of the folder still read
+        "bounding_box_train": ["-1_c1s1_000001_00.jpg", "0000_c1s1_000002_00.jpg", "0002_c1s1_000451_03.jpg", "0007_c6s3_085667_02.jpg"],
         "query": ["0001_c1s1_001051_00.jpg"], "bounding_box_test": ["0001_c2s1_000301_01.jpg"],
     })
     _tree(tmp_path / "DukeMTMC-reID", {
@@ -83,7 +85,8 @@ def test_a_file_name_off_the_pattern_is_reported_with_the_pattern(tmp_path):
     from magnifier.errors import UserError
 
     _tree(tmp_path / "Market-1501-v15.09.15", {
-        "bounding_box_train": ["0002_c1s1_000451_03.jpg", "copy of 0002.jpg"],
+        # junk and distractor names sort first: each is skipped and the rest of the folder still read
+        "bounding_box_train": ["-1_c1s1_000001_00.jpg", "0000_c1s1_000002_00.jpg", "0002_c1s1_000451_03.jpg", "copy of 0002.jpg"],
         "query": ["0001_c1s1_001051_00.jpg"], "bounding_box_test": ["0001_c2s1_000301_01.jpg"],
     })
     with pytest.raises(UserError, match=r"1 image\(s\) in .*bounding_box_train do not match the pattern .*copy of 0002.jpg.*0002_c1s1_000451_03.jpg"):

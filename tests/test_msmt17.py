@@ -66,3 +66,24 @@ def test_list_naming_a_missing_image_stops_with_the_line_number(tmp_path):
 def test_missing_dataset_names_the_layout(tmp_path):
     with pytest.raises(UserError, match="no MSMT17 found in .*MSMT17_V1/ .*list_train.txt.*MAGNIFIER_DATA"):
         load_dataset("msmt17", tmp_path)
+
+
+def test_records_paths_npy_maps_blank_lines_and_the_camera_field(tmp_path):
+    d = build_msmt17(tmp_path)
+    _touch(d / "masks" / "train" / "0005" / "0005_010_15_0303afternoon_0100_0.npy")
+    data = load_dataset("msmt17", tmp_path)
+    assert (data.name, data.root) == ("msmt17", str(d))
+    assert data.train[0].path == str(d / "train/0000/0000_000_01_0303morning_0015_0.jpg")
+    assert data.gallery[-1].path == str(d / "test/0003/0003_006_10_0113noon_0003_0.jpg")
+    assert data.train[2].mask_path == str(d / "masks/train/0005/0005_010_15_0303afternoon_0100_0.npy")
+    # A blank line inside a list is skipped, not the end of the list.
+    _touch(d / "test" / "0004" / "0004_000_02_0113noon_0001_0.jpg")
+    with open(d / "list_gallery.txt", "a") as f:
+        f.write("\n0004/0004_000_02_0113noon_0001_0.jpg 4\n")
+    gallery = load_dataset("msmt17", tmp_path).gallery
+    assert [(r.pid, r.camid) for r in gallery] == [(2, 1), (3, 8), (3, 9), (4, 1)]
+    _touch(d / "test" / "0004" / "0004_x.jpg")
+    with open(d / "list_gallery.txt", "a") as f:
+        f.write("0004/0004_x.jpg 4\n")
+    with pytest.raises(UserError, match=r"list_gallery.txt:6: file name 0004_x.jpg has no camera field"):
+        load_dataset("msmt17", tmp_path)

@@ -259,3 +259,104 @@ def test_metrics_are_fractions():
     assert 0.0 < result["mINP"] <= 1.0 and 0.0 < result["mAP"] <= 1.0
     assert np.all(np.diff(result["cmc"]) >= 0) and 0.0 <= result["cmc"][0] <= 1.0
     assert isinstance(result["mAP"], float) and isinstance(result["num_valid_queries"], int)
+
+
+# ---- Cases that mutation testing showed no test reached (make mutation) --------------------
+
+@pytest.mark.parametrize("method", METHODS)
+def test_single_match_at_rank_one_has_inp_one(method):
+    # q0's only true match is the closest item: INP = 1/1. q1's matches are at ranks 1 and 2:
+    # INP = 2/2, standard AP = (1/1 + 2/2)/2 = 1, trapezoid AP = ((1 + 1)/2 + (2/2 + 1/1)/2)/2 = 1.
+    args = (np.array([1, 2]), np.array([1, 2, 2]), np.array([0, 0]), np.array([1, 1, 1]))
+    d = np.array([[0.1, 0.5, 0.7], [0.9, 0.1, 0.2]])
+    for ap_mode in ("standard", "trapezoid"):
+        r = evaluate_rank(d, *args, max_rank=3, method=method, ap_mode=ap_mode, per_query=True)
+        np.testing.assert_allclose(r["per_query"]["inp"], [1.0, 1.0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(r["per_query"]["ap"], [1.0, 1.0], rtol=0, atol=1e-12)
+
+
+def test_rows_with_infinities_beside_finite_rows_in_one_chunk():
+    """One chunk mixing rows with infinite distances (sort fallback), massive-tie rows (sort
+    fallback from the counting method) and ordinary rows, the last query without any true
+    match; both AP modes and both methods agree with each other and with the reference."""
+    rng = np.random.default_rng(31)
+    problem = list(_random_problem(12, 400, 8, 3, 31))
+    problem[0][2, 5] = np.inf  # one row with an infinity
+    problem[0][7, :] = np.inf
+    problem[0][4] = rng.integers(0, 2, size=400)  # massive ties: handed to the sort method
+    problem[1][-1] = 999  # last query: no true match
+    expected = _reference(*problem, max_rank=10)
+    results = {}
+    for method in METHODS:
+        for ap_mode in ("standard", "trapezoid"):
+            results[method, ap_mode] = evaluate_rank(*problem, max_rank=10, method=method, ap_mode=ap_mode,
+                                                     chunk_size=12, per_query=True)
+        _assert_same(results[method, "standard"], expected)
+    for key in ("ap", "inp", "first_rank", "num_matches"):
+        np.testing.assert_allclose(results["count", "trapezoid"]["per_query"][key],
+                                   results["sort", "trapezoid"]["per_query"][key], rtol=0, atol=1e-12)
+    # The trapezoid AP differs from the standard one (otherwise the comparison above is empty).
+    assert results["sort", "trapezoid"]["mAP"] < results["sort", "standard"]["mAP"]
+
+
+def test_integer_distances_are_ranked_like_floats():
+    problem = list(_random_problem(20, 120, 10, 3, 32, ties=True))
+    as_int = [problem[0].astype(np.int64), *problem[1:]]
+    for method in METHODS:
+        _assert_same(evaluate_rank(*as_int, max_rank=10, method=method), _reference(*problem, max_rank=10))
+
+
+def test_gallery_of_one_item_and_more_queries_than_gallery_items():
+    # One gallery item: the padding of the same-id lookup must not index past it.
+    r = evaluate_rank(np.array([[0.3], [0.2]]), np.array([4, 5]), np.array([4]), np.array([0, 0]), np.array([1]))
+    assert (r["num_valid_queries"], r["num_skipped_queries"], r["mAP"]) == (1, 1, 1.0)
+    # Many more queries than gallery columns, chunked: every query row is covered.
+    problem = _random_problem(60, 9, 4, 2, 33)
+    for method in METHODS:
+        _assert_same(evaluate_rank(*problem, max_rank=5, method=method, chunk_size=4, num_workers=2),
+                     _reference(*problem, max_rank=5))
+
+
+def test_per_query_entries_of_a_skipped_query():
+    r = evaluate_rank(HAND_DISTMAT, HAND_Q_PIDS, HAND_G_PIDS, HAND_Q_CAMIDS, HAND_G_CAMIDS, per_query=True)
+    pq = r["per_query"]
+    assert pq["valid"].tolist() == [True, True, False]
+    assert pq["num_matches"].tolist() == [2, 1, 0] and pq["first_rank"].tolist() == [1, 2, 0]
+    assert np.isnan(pq["ap"][2]) and np.isnan(pq["inp"][2])
+    assert "per_query" not in evaluate_rank(HAND_DISTMAT, HAND_Q_PIDS, HAND_G_PIDS, HAND_Q_CAMIDS, HAND_G_CAMIDS)
+
+
+def test_counting_chunks_keep_flat_bin_ids_exact_in_float32(monkeypatch):
+    """Flat bin ids row * (B + 2) + bin are formed in the distances' dtype: a chunk's ids must
+    stay below 2**24 to be exact in float32, whatever chunk_size the caller asks for."""
+    from magnifier.evaluation import rank
+
+    problem = _random_problem(1100, 6, 3, 2, 34, dtype=np.float32)
+    opts = rank._Options(problem[2], problem[4], "count", "standard", "market", 5, 10, 0)
+    opts.num_bins = 1 << 14  # as for an MSMT17-sized gallery
+    seen = []
+    real = rank._chunk_stats
+
+    def spy(dist, *args):
+        seen.append(dist.shape[0])
+        return real(dist, *args)
+
+    monkeypatch.setattr(rank, "_chunk_stats", spy)
+    result = rank._evaluate_blocks([(0, problem[0])], problem[1], problem[3], opts, 5000, 1, False)
+    assert max(seen) * (opts.num_bins + 2) <= 1 << 24 and sum(seen) == 1100
+    _assert_same(result, _reference(*problem, max_rank=5))
+
+
+def test_workspace_grows_for_a_larger_chunk():
+    from magnifier.evaluation.rank import _Workspace
+
+    w = _Workspace(2, 5, np.float32)
+    buf, bins, mask = w.get(3)
+    assert buf.shape == (3, 5) and buf.dtype == np.float32 and bins.shape == (3, 5) and bins.dtype == np.int64
+    assert mask.shape == (15,) and mask.dtype == bool
+    assert w.get(1)[0].shape == (1, 5)
+
+
+def test_no_true_match_anywhere_message():
+    with pytest.raises(ValueError, match=r"none of the 1 queries has a true match .*cannot compute CMC/mAP/mINP"):
+        evaluate_rank(np.array([[0.1]]), np.array([1]), np.array([2]), np.array([0]), np.array([1]))

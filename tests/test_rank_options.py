@@ -204,6 +204,10 @@ def test_bad_inputs_give_clear_errors():
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match="query_features contains NaN"):
         evaluate_features(bad, gf, q_pids, g_pids, q_cams, g_cams)
+    with pytest.raises(ValueError, match="gallery_features contains NaN or infinite"):
+        evaluate_features(qf, np.where(np.arange(30)[:, None] == 4, np.inf, gf), q_pids, g_pids, q_cams, g_cams)
+    with pytest.raises(ValueError, match=r"\(G, D\) with the same D, got \(10, 8\) and \(240,\)"):
+        evaluate_features(qf, gf.reshape(-1), q_pids, g_pids, q_cams, g_cams)
     with pytest.raises(ValueError, match="empty"):
         evaluate_features(qf[:0], gf, q_pids[:0], g_pids, q_cams[:0], g_cams)
     problem = _random_problem(5, 10, 3, 2, 0)

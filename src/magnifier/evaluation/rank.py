@@ -123,7 +123,7 @@ def _average_precision(i, ranks, mask, num_matches, ap_mode):
     return np.where(mask, precision, 0.0).sum(axis=1) / np.maximum(num_matches, 1)
 
 
-def _stats_sort(dist, q_pids, g_pids, q_camids, g_camids, ap_mode="standard"):
+def _stats_sort(dist, q_pids, g_pids, q_camids, g_camids, ap_mode):
     """Stable-sort based statistics for a chunk of queries, shape (C, G) -> four (C,) arrays."""
     order = np.argsort(dist, axis=1, kind="stable")
     same_pid = g_pids[order] == q_pids[:, None]
@@ -176,7 +176,7 @@ def _lex_less(d_a, i_a, d_b, i_b):
 class _Workspace:
     """Reusable (chunk, G) buffers for :func:`_stats_count` (avoids re-faulting fresh memory).
 
-    One per thread.
+    One per thread; allocated on first use, grown if a larger chunk ever comes.
     """
 
     def __init__(self, rows: int, num_g: int, dtype):
@@ -184,22 +184,20 @@ class _Workspace:
         self._buffers = None
 
     def get(self, num_c: int):
-        if self._buffers is None:
+        """(num_c, G) distance-dtype and int64 buffers and a flat (num_c * G,) bool one."""
+        if self._buffers is None or num_c > self.rows:
+            self.rows = max(self.rows, num_c)
             self._buffers = (
                 np.empty((self.rows, self.num_g), dtype=self.dtype),
                 np.empty((self.rows, self.num_g), dtype=np.int64),
                 np.empty(self.rows * self.num_g, dtype=bool),
             )
         buf, bins, mask = self._buffers
-        if num_c > self.rows:
-            return (np.empty((num_c, self.num_g), dtype=self.dtype),
-                    np.empty((num_c, self.num_g), dtype=np.int64),
-                    np.empty(num_c * self.num_g, dtype=bool))
         return buf[:num_c], bins[:num_c], mask[: num_c * self.num_g]
 
 
 def _stats_count(dist, q_pids, q_camids, gindex: _GalleryIndex, num_bins: int,
-                 work: _Workspace, ap_mode: str = "standard"):
+                 work: _Workspace, ap_mode: str):
     """Counting-based statistics for a chunk of queries with finite distances.
 
     See the module docstring. Returns the four (C,) arrays of :func:`_stats_sort` plus a boolean
