@@ -106,7 +106,7 @@ def test_small_blocks_give_the_same_result(monkeypatch):
     mats = _matrices(qf, gf)
     expected = re_ranking(*mats)
     for name, value in (("_BLOCK_ELEMENTS", 1000), ("_MARK_ELEMENTS", 500),
-                        ("_JACCARD_ELEMENTS", 300), ("_GATHER_PAIRS", 64)):
+                        ("_JACCARD_ELEMENTS", 300), ("_GATHER_PAIRS", 64), ("_TILE_ROWS", 4)):
         monkeypatch.setattr(rerank, name, value)
     _assert_close(re_ranking(*mats), expected)
     for chunk_size in (1, 7, 29, 100):
@@ -209,7 +209,11 @@ def test_bad_parameters(params, message):
     (lambda q, g: (q[0], g), "2-D"),
     (lambda q, g: (q[:0], g), "empty"),
     (lambda q, g: (q, np.full_like(g, np.nan)), "NaN"),
-    (lambda q, g: (q, np.full_like(g, np.inf)), "infinite"),
+    (lambda q, g: (q, np.full_like(g, np.inf)), "the features contain NaN or infinite values"),
+    (lambda q, g: (q, g[0]), r"gallery_features must be a 2-D \(items, dims\) matrix, got shape \(4,\)"),
+    (lambda q, g: (q[0], g), r"query_features must be a 2-D"),
+    (lambda q, g: (q, g[:0]), r"empty query or gallery set: 5 queries, 0 gallery items"),
+    (lambda q, g: (q * 0, g * 0), r"the squared distances: item 0 has all its distances zero"),
 ])
 def test_bad_features(change, message):
     qf, gf, _, _ = _features(5, 12, dim=4, ids=3)
@@ -229,3 +233,13 @@ def test_features_on_gpu():
     expected = re_ranking_features(qf, gf)
     _assert_close(re_ranking_features(torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda()),
                   expected)
+
+
+def test_a_gallery_of_one_item():
+    qf, gf, _, _ = _features(4, 6, dim=4, ids=3, seed=10)
+    gf = gf[:1]
+    mats = _matrices(qf, gf)
+    for k1, k2 in ((20, 6), (2, 1)):
+        expected = reference_re_ranking(*mats, k1=k1, k2=k2)
+        _assert_close(re_ranking(*mats, k1=k1, k2=k2), expected)
+        _assert_close(re_ranking_features(qf, gf, k1=k1, k2=k2), expected)
