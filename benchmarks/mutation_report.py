@@ -2,6 +2,8 @@
 
     python benchmarks/mutation_report.py              # the table (Markdown), as in the README
     python benchmarks/mutation_report.py --survivors  # and the name of every surviving mutant
+    python benchmarks/mutation_report.py --sample 150 --seed 0 models/branches.py
+        # 150 not-yet-run mutants of that module, drawn at random (names for `mutmut run`)
 
 Score = killed / (mutants that were run): a mutant that no selected test reaches ("no tests")
 counts against the score, one skipped on purpose does not. `mutmut show <name>` prints a
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -35,10 +38,23 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default="mutants", type=Path)
     p.add_argument("--survivors", action="store_true")
+    p.add_argument("--sample", type=int, default=0,
+                   help="print this many not-yet-run mutants of each MODULE instead of the table: a "
+                        "random sample for modules whose full run takes hours (the model's mutants run "
+                        "about 12 s of tests each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("modules", nargs="*", help="module paths (suffixes, e.g. models/branches.py) for --sample")
     args = p.parse_args()
     data = load(args.root)
     if not data:
         raise SystemExit(f"error: no mutmut results under {args.root}/; run `make mutation` first")
+    if args.sample:
+        rng = random.Random(args.seed)
+        for module, codes in data.items():
+            if any(module.endswith(m) for m in args.modules):
+                todo = sorted(name for name, c in codes.items() if c is None)
+                print("\n".join(rng.sample(todo, min(args.sample, len(todo)))))
+        return
     print("| module | mutants | " + " | ".join(COLUMNS) + " | score |")
     print("|---" * (len(COLUMNS) + 3) + "|")
     total = Counter()

@@ -17,6 +17,7 @@ from magnifier.errors import UserError
 from magnifier.losses import ReIDLoss, attribute_bce_loss
 from magnifier.models import AttributeBranch, MagnifierNet, SemanticFusionBranch
 from magnifier.models.attributes import soft_region_masks
+from magnifier.models.branches import labels_to_grid
 
 from .conftest import TINY, compose
 
@@ -215,6 +216,20 @@ def test_magnifiernet_with_attributes_outputs_and_soft_masks_at_eval():
         model.attribute_mask_weight = 0.0
         hard = model(images)
     assert emb.shape == (4, 512 + 256 + 256) and not torch.allclose(emb, hard)
+    # In training too the SFB pools with the soft masks of the attribute maps (mutation testing
+    # found nothing checking it): its region vectors are those of the SFB given those masks.
+    model.attribute_mask_weight = 0.2
+    model.train()
+    torch.manual_seed(1)
+    out = model(images, masks)
+    with torch.no_grad():  # still in training mode: batch statistics, so the same features
+        f3, _ = model.backbone(images)
+        grid = labels_to_grid(masks, f3.shape[-2:])
+        soft = soft_region_masks(grid, out["attr_maps"], 0.2)
+        expected = model.sfb(f3, grid, soft)["region_feats"]
+        hard = model.sfb(f3, grid)["region_feats"]
+    torch.testing.assert_close(out["sfb_region_feats"], expected)
+    assert not torch.allclose(out["sfb_region_feats"], hard)
     with pytest.raises(ValueError, match="attributes must be >= 0"):
         MagnifierNet(num_classes=2, backbone="resnet18", attributes=-1)
 

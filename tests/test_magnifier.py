@@ -111,9 +111,16 @@ def test_erasing_picks_two_upper_and_one_lower_region_and_zeroes_exactly_their_p
     # Per-sample choice: one row per image.
     per = SemanticRegularizationBranch(64, 3, per_sample=True)
     assert per.choose_erased(4, labels.device).shape == (4, 3)
-    # No erasing at evaluation.
+    # No erasing at evaluation: every position kept, one (h, w) map per image.
     srb.eval()
-    assert srb(torch.rand(4, 64, 6, 5), labels)["keep"].all()
+    keep = srb(torch.rand(4, 64, 6, 5), labels)["keep"]
+    assert keep.shape == (4, 6, 5) and keep.dtype == torch.bool and keep.all()
+    # A single erased region (one upper, no lower) still erases.
+    one = SemanticRegularizationBranch(64, 3, erase_upper=1, erase_lower=0)
+    kept = one(torch.rand(4, 64, 6, 5), labels)["keep"]
+    assert one.choose_erased(4, labels.device).shape == (1, 1)
+    assert not kept.all() and ((~kept) == torch.isin(labels, torch.tensor(UPPER_BODY))).sum() > 0
+    assert SemanticRegularizationBranch(64, 3, erase_upper=0, erase_lower=0)(torch.rand(4, 64, 6, 5), labels)["keep"].all()
 
 
 def test_beta_and_region_betas_on_a_hand_made_label_map():
