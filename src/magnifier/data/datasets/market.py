@@ -13,10 +13,9 @@ from pathlib import Path
 
 from magnifier.errors import UserError
 
-from .base import ImageRecord, ReIDData, find_dataset_dir, relabel
+from .base import ImageRecord, ReIDData, find_dataset_dir, find_mask, relabel
 
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-MASK_DIR = "masks"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -52,15 +51,6 @@ def _layout_hint(spec: MarketStyleSpec) -> str:
     )
 
 
-def mask_path_for(dataset_dir: Path, split_dir: str, image: Path) -> str | None:
-    """The label map of ``image`` in the parallel mask tree, or None when there is none."""
-    for suffix in (".png", ".npy"):
-        candidate = dataset_dir / MASK_DIR / split_dir / (image.stem + suffix)
-        if candidate.is_file():
-            return str(candidate)
-    return None
-
-
 def _read_split(spec: MarketStyleSpec, dataset_dir: Path, split: str) -> list[ImageRecord]:
     folder = dataset_dir / SPLIT_DIRS[split]
     regex = re.compile(spec.pattern)
@@ -75,7 +65,7 @@ def _read_split(spec: MarketStyleSpec, dataset_dir: Path, split: str) -> list[Im
             continue
         if split == "train" and pid == 0:  # distractors belong to the gallery only
             continue
-        records.append(ImageRecord(str(image), pid, cam - 1, mask_path_for(dataset_dir, SPLIT_DIRS[split], image)))
+        records.append(ImageRecord(str(image), pid, cam - 1, find_mask(dataset_dir, image)))
     if unmatched:
         # The official releases have no such images: a stray file means a wrong folder or a
         # renamed copy, and silently dropping it would change the counts papers compare.

@@ -15,11 +15,10 @@ from pathlib import Path
 
 from magnifier.errors import UserError
 
-from .base import ImageRecord, ReIDData, relabel
+from .base import ImageRecord, ReIDData, find_mask, relabel
 
 VERSIONS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}
 LISTS = {"train": ("list_train.txt", "list_val.txt"), "query": ("list_query.txt",), "gallery": ("list_gallery.txt",)}
-MASK_DIR = "masks"
 
 
 def _find(root: Path) -> tuple[Path, tuple[str, str]]:
@@ -33,15 +32,6 @@ def _find(root: Path) -> tuple[Path, tuple[str, str]]:
         "(mask_train_v2/, mask_test_v2/) with list_train.txt, list_val.txt, list_query.txt, list_gallery.txt; "
         "point elsewhere with dataset.root=/path/to/data or the MAGNIFIER_DATA environment variable"
     )
-
-
-def _mask_for(dataset_dir: Path, images_dir: str, rel: str) -> str | None:
-    stem = Path(rel).with_suffix("")
-    for suffix in (".png", ".npy"):
-        candidate = dataset_dir / MASK_DIR / images_dir / stem.with_suffix(suffix)
-        if candidate.is_file():
-            return str(candidate)
-    return None
 
 
 def _read_list(dataset_dir: Path, list_name: str, images_dir: str) -> list[ImageRecord]:
@@ -62,7 +52,7 @@ def _read_list(dataset_dir: Path, list_name: str, images_dir: str) -> list[Image
         fields = Path(rel).name.split("_")
         if len(fields) < 3 or not fields[2].isdigit():
             raise UserError(f"{list_path}:{lineno}: file name {Path(rel).name} has no camera field (like 0000_000_01_...)")
-        records.append(ImageRecord(str(image), pid, int(fields[2]) - 1, _mask_for(dataset_dir, images_dir, rel)))
+        records.append(ImageRecord(str(image), pid, int(fields[2]) - 1, find_mask(dataset_dir, image)))
     return records
 
 
