@@ -128,8 +128,9 @@ def test_missing_label_maps_stop_with_a_clear_message(tiny_data_dir, tmp_path):
     first = sorted((root / "masks" / "bounding_box_train").iterdir())[0]
     first.unlink()
     dm = _datamodule(tmp_path)
-    with pytest.raises(UserError, match=r"1 of \d+ training images of 'synthetic' have no part label map"):
+    with pytest.raises(UserError, match=r"1 of \d+ training images of 'synthetic' have no part label map") as err:
         dm.load()
+    assert "make them with `python -m magnifier.parse dataset=synthetic`" in str(err.value)  # the fix
 
 
 def test_empty_dataset_folder_names_folder_and_fix(tmp_path):
