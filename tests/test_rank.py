@@ -360,3 +360,29 @@ def test_workspace_grows_for_a_larger_chunk():
 def test_no_true_match_anywhere_message():
     with pytest.raises(ValueError, match=r"none of the 1 queries has a true match .*cannot compute CMC/mAP/mINP"):
         evaluate_rank(np.array([[0.1]]), np.array([1]), np.array([2]), np.array([0]), np.array([1]))
+
+
+def test_smallest_settings_and_label_checks():
+    problem = _random_problem(20, 60, 6, 3, 35)
+    expected = _reference(*problem, max_rank=1)
+    for method in METHODS:
+        _assert_same(evaluate_rank(*problem, max_rank=1, method=method), expected)
+    single = evaluate_rank(*problem, max_rank=5, protocol="cuhk03", num_repeats=1)
+    assert single["cmc"].shape == (5,)
+    with pytest.raises(ValueError, match="max_rank must be >= 1, got 0"):
+        evaluate_rank(*problem, max_rank=0)
+    # Column vectors of ids are flattened; float ids are refused by name, never truncated.
+    d, q_pids, g_pids, q_cams, g_cams = problem
+    _assert_same(evaluate_rank(d, q_pids[:, None], g_pids[:, None], q_cams[:, None], g_cams[:, None], max_rank=1),
+                 expected)
+    labels = {"q_pids": q_pids, "g_pids": g_pids, "q_camids": q_cams, "g_camids": g_cams}
+    for name in labels:
+        bad = {**labels, name: labels[name] + 0.5}
+        with pytest.raises(ValueError, match=f"^{name} must hold integers, got dtype float64$"):
+            evaluate_rank(d, bad["q_pids"], bad["g_pids"], bad["q_camids"], bad["g_camids"])
+    with pytest.raises(ValueError, match=r"unknown protocol 'viper'; supported: market, cuhk03"):
+        evaluate_rank(*problem, protocol="viper")
+    with pytest.raises(ValueError, match=r"unknown method 'x'; supported: count, sort"):
+        evaluate_rank(*problem, method="x")
+    with pytest.raises(ValueError, match=r"unknown ap_mode 'x'; supported: standard, trapezoid"):
+        evaluate_rank(*problem, ap_mode="x")

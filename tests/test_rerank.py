@@ -177,12 +177,14 @@ def test_improves_map_on_clustered_data():
 @pytest.mark.parametrize("change,message", [
     (lambda m: (m[0], m[1], m[2][:5]), "do not fit"),
     (lambda m: (m[0], m[1][:, :3], m[2]), "do not fit"),
-    (lambda m: (m[0][0], m[1], m[2]), "2-D"),
+    (lambda m: (m[0][0], m[1], m[2]), r"q_g_dist must be a 2-D matrix, got shape \(12,\)"),
+    (lambda m: (m[0], m[1][0], m[2]), r"q_q_dist must be a 2-D matrix"),
+    (lambda m: (m[0], m[1], m[2][0]), r"g_g_dist must be a 2-D matrix"),
     (lambda m: (m[0][:0], m[1][:0, :0], m[2]), "empty"),
     (lambda m: (m[0][:, :0], m[1], m[2][:0, :0]), "empty"),
     (lambda m: (np.where(np.eye(*m[0].shape, dtype=bool), np.nan, m[0]), m[1], m[2]), "NaN"),
     (lambda m: (m[0], m[1], np.where(np.eye(12, dtype=bool), np.inf, m[2])), "NaN or infinite"),
-    (lambda m: (m[0] * 0, m[1] * 0, m[2] * 0), "all its distances zero"),
+    (lambda m: (m[0] * 0, m[1] * 0, m[2] * 0), "the distances: item 0 has all its distances zero"),
 ])
 def test_bad_matrices(change, message):
     qf, gf, _, _ = _features(5, 12, dim=4, ids=3)
@@ -243,3 +245,14 @@ def test_a_gallery_of_one_item():
         expected = reference_re_ranking(*mats, k1=k1, k2=k2)
         _assert_close(re_ranking(*mats, k1=k1, k2=k2), expected)
         _assert_close(re_ranking_features(qf, gf, k1=k1, k2=k2), expected)
+
+
+def test_integer_matrices_and_the_smallest_k1():
+    """Integer distance matrices are ranked as floats; k1 = 1 (one neighbour) is a valid setting."""
+    qf, gf, _, _ = _features(6, 14, dim=4, ids=3, seed=11)
+    mats = [np.round(m * 1000) for m in _matrices(qf, gf)]
+    _assert_close(re_ranking(*(m.astype(np.int64) for m in mats), k1=3, k2=2), re_ranking(*mats, k1=3, k2=2))
+    mats = _matrices(qf, gf)
+    for k2 in (1, 2):
+        _assert_close(re_ranking(*mats, k1=1, k2=k2), reference_re_ranking(*mats, k1=1, k2=k2))
+        _assert_close(re_ranking_features(qf, gf, k1=1, k2=k2), reference_re_ranking(*mats, k1=1, k2=k2))
