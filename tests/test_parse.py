@@ -189,7 +189,7 @@ def test_training_can_treat_empty_maps_as_missing(tmp_path):
         ReIDImageDataset(rec, identity, with_masks=True, empty_masks="drop")
 
 
-def test_ctrl_c_keeps_every_finished_map_and_a_second_run_continues(tmp_path):
+def test_ctrl_c_or_sigterm_keeps_every_finished_map_and_a_second_run_continues(tmp_path):
     """The built-in parser over a few hundred crops, interrupted with Ctrl-C (SIGINT to the
     process group, as a terminal sends it) once some maps exist: exit 130, only whole maps,
     and the next run parses exactly the rest."""
@@ -205,8 +205,11 @@ def test_ctrl_c_keeps_every_finished_map_and_a_second_run_continues(tmp_path):
     args = [sys.executable, "-m", "magnifier.parse", f"input={tmp_path / 'crops'}", f"output={tmp_path / 'maps'}",
             "workers=2", f"paths.log_dir={tmp_path / 'logs'}"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    # Like a terminal: SIGINT at its default action even when this test runs in a background job
+    # (a non-interactive shell starts those with SIGINT ignored, and Python keeps it ignored).
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and len(list((tmp_path / "maps").glob("*.png"))) < 10:
         time.sleep(0.1)
@@ -219,6 +222,16 @@ def test_ctrl_c_keeps_every_finished_map_and_a_second_run_continues(tmp_path):
     assert 10 <= len(done) < 300
     for path in done:  # each one whole
         assert np.asarray(Image.open(path)).shape == (64, 32)
+    # A cluster's SIGTERM (to the main process only) stops it the same way.
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while time.time() < deadline and proc.poll() is None and len(list((tmp_path / "maps").glob("*.png"))) < len(done) + 10:
+        time.sleep(0.1)
+    assert proc.poll() is None, "finished before it could be stopped: " + proc.stdout.read()[-1000:]
+    proc.terminate()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err, err[-2000:]
+    done = sorted((tmp_path / "maps").glob("*.png"))
+    assert len(done) < 300
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"parsed {300 - len(done)}, skipped (map exists) {len(done)}" in again.stdout, again.stdout

@@ -2,7 +2,8 @@
 
 Each map is written to ``<target>.part`` and renamed when complete, so an interrupted run
 (Ctrl-C, a killed job) leaves only whole maps behind and loses at most the images in flight; a
-second run skips every map that exists (unless ``overwrite``). Unreadable images and images
+second run skips every map that exists (unless ``overwrite``); SIGTERM (a cluster ending the
+job) stops a run like Ctrl-C. Unreadable images and images
 without a person are listed in ``unreadable.txt`` and ``no_person.txt`` beside the maps (an
 image without a person still gets an all-background map: training can treat those as missing
 with ``masks.empty=stripes``); the lists accumulate over resumed runs.
@@ -117,6 +118,12 @@ def _merge_list(path: Path, entries: list[str], redone: set[str]) -> None:
         path.write_text("".join(f"{e}\n" for e in new))
 
 
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -164,6 +171,13 @@ def run(jobs: list[Job], backend: str, backend_kwargs: dict, out_dir: str | Path
             bar.update(1)
 
     pool = None
+    # A cluster stops a job with SIGTERM: treat it like Ctrl-C, so the lists and the summary of
+    # what was done are still written (the maps in flight are .part files, redone next time).
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    watch_term = _main_thread()  # signal handlers can only be set from the main thread
+    previous_term = signal.signal(signal.SIGTERM, on_term) if watch_term else None
     try:
         if workers == 1:
             for job in todo:
@@ -183,6 +197,8 @@ def run(jobs: list[Job], backend: str, backend_kwargs: dict, out_dir: str | Path
             pool.terminate()
             pool.join()
     finally:
+        if watch_term:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_term is None else previous_term)
         if bar is not None:
             bar.close()
         summary.seconds = time.perf_counter() - start
