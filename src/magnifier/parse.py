@@ -27,12 +27,12 @@ from magnifier.errors import UserError, exit_on_user_error  # noqa: E402
 
 register_resolvers()
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLITS = {"train": ("train",), "all": ("train", "query", "gallery")}
 
 
 def folder_jobs(input_dir: str, output_dir: str | None):
     """Every image under ``input_dir`` (recursively, sorted) -> ``<output_dir>/<same path>.png``."""
+    from magnifier.data.datasets.market import IMAGE_SUFFIXES  # what the dataset readers index
     from magnifier.parsers.runner import Job
 
     src = Path(input_dir).expanduser()
@@ -78,12 +78,11 @@ def dataset_jobs(cfg: DictConfig):
 @exit_on_user_error
 def parse(cfg: DictConfig):
     """Run the parser the config asks for; returns the :class:`~magnifier.parsers.runner.Summary`."""
-    from magnifier.parsers import BACKENDS
+    from magnifier.parsers import check_backend
     from magnifier.parsers.preview import write_preview
     from magnifier.parsers.runner import run
 
-    if cfg.backend not in BACKENDS:
-        raise UserError(f"backend={cfg.backend!r} is not a parser; known: {', '.join(BACKENDS)}")
+    check_backend(cfg.backend)  # before any dataset is read
     if cfg.input:
         jobs, out_dir, images_root = folder_jobs(cfg.input, cfg.output)
         what = f"{cfg.input}"

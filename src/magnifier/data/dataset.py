@@ -7,21 +7,19 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from .datasets.base import ImageRecord
 from .files import (  # noqa: F401  (re-exported: the data module and tests import them from here)
-    MAX_ASPECT_MISMATCH,
     BadFileError,
     LabelMapError,
-    _DECODE_ERRORS,
     match_label_map,
     read_image,
     read_label_map,
     unreadable_files,
 )
 from .masks import LabelScheme, get_scheme, stripe_parts
+
 
 class MissingAttributesError(ValueError):
     """Identities without an attribute vector."""

@@ -29,10 +29,15 @@ BACKENDS = {
 }
 
 
-def build_parser(name: str, **kwargs) -> PartParser:
-    """The backend ``name`` built with ``kwargs`` (its constructor arguments)."""
+def check_backend(name: str) -> None:
+    """One line naming the known backends when ``name`` is not one of them."""
     if name not in BACKENDS:
         raise UserError(f"backend={name!r} is not a parser; known: {', '.join(BACKENDS)}")
+
+
+def build_parser(name: str, **kwargs) -> PartParser:
+    """The backend ``name`` built with ``kwargs`` (its constructor arguments)."""
+    check_backend(name)
     module, cls = BACKENDS[name].split(":")
     try:
         return getattr(importlib.import_module(module), cls)(**kwargs)
@@ -40,4 +45,4 @@ def build_parser(name: str, **kwargs) -> PartParser:
         raise UserError(f"backend={name}: {err} (settings: {name}.* in conf/parse.yaml)") from None
 
 
-__all__ = ["BACKENDS", "ParseResult", "PartParser", "build_parser"]
+__all__ = ["BACKENDS", "ParseResult", "PartParser", "build_parser", "check_backend"]

@@ -40,7 +40,7 @@ class ImportParser:
             raise UserError(f"import.source={self.source} is not a folder")
         try:
             self.scheme = get_scheme(scheme)
-        except (KeyError, ValueError) as err:
+        except ValueError as err:
             raise UserError(f"import.scheme={scheme!r}: {err}") from None
         self.images_root = Path(images_root)
 

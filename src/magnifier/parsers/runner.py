@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from magnifier.data.files import BadFileError, read_image
 from magnifier.data.parts import NUM_PARTS, PART_NAMES
 
 from . import build_parser
@@ -29,7 +30,6 @@ from . import build_parser
 UNREADABLE_LIST = "unreadable.txt"
 NO_PERSON_LIST = "no_person.txt"
 SUMMARY_FILE = "parse_summary.json"
-_DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError)
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def _write_png(labels: np.ndarray, target: str) -> None:
     path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
-    Image.fromarray(labels.astype(np.uint8), mode="L").save(part, format="PNG")
+    Image.fromarray(labels.astype(np.uint8)).save(part, format="PNG")  # uint8 (H, W): mode L
     os.replace(part, path)
 
 
@@ -90,10 +90,9 @@ def parse_one(job: Job, parser=None) -> tuple[str, str, list[float] | None]:
     ``parsed``, ``no_person`` or ``unreadable`` (detail says why)."""
     parser = parser or _PARSER
     try:
-        with Image.open(job.image) as img:
-            image = np.asarray(img.convert("RGB"))
-    except _DECODE_ERRORS as err:
-        return "unreadable", f"cannot decode: {type(err).__name__}: {err}".replace("\n", " "), None
+        image = read_image(job.image)
+    except BadFileError as err:
+        return "unreadable", str(err).replace("\n", " "), None
     try:
         result = parser.parse(image, source=job.image)
     except (FileNotFoundError, ValueError) as err:  # e.g. backend=import without a source map
