@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from magnifier.data import synthetic  # noqa: E402
-from magnifier.data.parts import NUM_PARTS, PART_NAMES  # noqa: E402
+from magnifier.parts import NUM_PARTS, PART_NAMES  # noqa: E402
 from magnifier.parsers.geometry import parts_from_pose, stripes  # noqa: E402
 from magnifier.parsers.mediapipe_pose import MediaPipeParser  # noqa: E402
 from magnifier.parsers.weights import locate  # noqa: E402

@@ -28,7 +28,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from magnifier.data.parts import NUM_PARTS, PART_NAMES  # noqa: E402
+from magnifier.parts import NUM_PARTS, PART_NAMES  # noqa: E402
 
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 

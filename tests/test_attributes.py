@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from magnifier.data import ReIDDataModule
 from magnifier.data.attributes import GROUP_SIZES, attribute_names, read_attributes
-from magnifier.data.parts import NUM_PARTS
+from magnifier.parts import NUM_PARTS
 from magnifier.errors import UserError
 from magnifier.losses import ReIDLoss, attribute_bce_loss
 from magnifier.models import AttributeBranch, MagnifierNet, SemanticFusionBranch
@@ -355,3 +355,23 @@ def test_train_checks_the_attribute_file_before_training(tiny_data_dir, tmp_path
     dm = _datamodule(tiny_data_dir, attributes=str(tmp_path / "duke_attribute.mat"))
     with pytest.raises(UserError, match=r"model.attributes=30 but dataset.attributes=.*gives 23 bits .*model.attributes=23"):
         _check_attributes(cfg, dm)
+
+
+def test_shared_group_sizes_describe_the_attribute_layouts():
+    """The model reads the group sizes from magnifier.parts; they must match the bit layouts."""
+    from magnifier.data import attributes as data_attributes
+    from magnifier.parts import GROUP_SIZES
+
+    for name, layout in data_attributes._LAYOUTS.items():
+        assert GROUP_SIZES[name] == tuple(len(group) for group in layout)
+        assert sum(GROUP_SIZES[name]) == len(data_attributes.attribute_names(name))
+
+
+def test_model_layer_imports_nothing_from_the_data_layer():
+    import subprocess
+    import sys
+
+    code = ("import sys, magnifier.models, magnifier.losses; "
+            "print(sorted(m for m in sys.modules if m.startswith('magnifier.data')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from magnifier.data import ReIDDataModule, load_dataset
-from magnifier.data.parts import NUM_PARTS
+from magnifier.parts import NUM_PARTS
 from magnifier.data.transforms import build_transforms
 from magnifier.errors import UserError
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from magnifier.data.parts import LOWER_BODY, NUM_PARTS, UPPER_BODY
+from magnifier.parts import LOWER_BODY, NUM_PARTS, UPPER_BODY
 from magnifier.losses import ReIDLoss, class_balanced_parsing_loss, semantic_diversity_loss
 from magnifier.models import MagnifierNet, SemanticFusionBranch, SemanticRegularizationBranch
 

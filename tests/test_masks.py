@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from magnifier.data.masks import SCHEMES, LabelScheme, remap, stripe_parts
-from magnifier.data.parts import NUM_PARTS, PART_NAMES
+from magnifier.parts import NUM_PARTS, PART_NAMES
 
 CONF_MASKS = Path(__file__).resolve().parents[1] / "conf" / "masks"
 

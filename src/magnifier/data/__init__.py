@@ -1,6 +1,6 @@
 """Data: dataset readers, joint image + label-map transforms, the identity sampler, the data module.
 
-The names below load on first use (PEP 562), so that ``magnifier.data.parts`` or
+The names below load on first use (PEP 562), so that
 ``magnifier.data.files`` can be imported without Lightning and torch (the parser's worker
 processes start in a fraction of a second that way).
 """

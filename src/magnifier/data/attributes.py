@@ -37,9 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from magnifier.errors import UserError
-
-#: The four attention maps of the attribute branch, in channel order.
-ATTRIBUTE_GROUPS = ("general", "head", "upper", "lower")
+from magnifier.parts import ATTRIBUTE_GROUPS, GROUP_SIZES, group_sizes_for  # noqa: F401 (re-exported)
 
 # One entry per output bit: (name, field in the .mat, the field value that sets the bit).
 _YES = 2
@@ -72,22 +70,14 @@ _DUKE = (
 _LAYOUTS = {"market": _MARKET, "duke": _DUKE}
 #: The struct name in each file.
 STRUCT_NAMES = {"market": "market_attribute", "duke": "duke_attribute"}
-#: Sizes of the (general, head, upper, lower) groups of each dataset's attribute vector.
-GROUP_SIZES = {name: tuple(len(g) for g in layout) for name, layout in _LAYOUTS.items()}
+# The model layer reads the group sizes from magnifier.parts.GROUP_SIZES; tests check that they
+# describe these layouts.
 SPLITS = ("train", "test")
 
 
 def attribute_names(dataset: str) -> list[str]:
     """The names of the bits of ``dataset``'s attribute vector (``market``: 30, ``duke``: 23)."""
     return [name for group in _LAYOUTS[dataset] for name, _, _ in group]
-
-
-def group_sizes_for(num_attributes: int) -> tuple[int, int, int, int] | None:
-    """The (general, head, upper, lower) group sizes of the layout with that many bits, if any."""
-    for sizes in GROUP_SIZES.values():
-        if sum(sizes) == num_attributes:
-            return sizes
-    return None
 
 
 def _expected(path: Path) -> str:

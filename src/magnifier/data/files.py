@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from .masks import LabelScheme, get_scheme, remap
-from .parts import NUM_PARTS
+from magnifier.parts import NUM_PARTS
 
 # A label map may differ from its image in size (parsers often work at another resolution) but
 # not in shape: beyond this relative aspect-ratio difference it belongs to another image.

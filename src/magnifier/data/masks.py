@@ -1,6 +1,6 @@
 """Remap other human parsers' label maps into the 8-part scheme, and stripe pseudo-parts.
 
-MagnifierNet is trained with EANet's 8 parts (:data:`magnifier.data.parts.PART_NAMES`):
+MagnifierNet is trained with EANet's 8 parts (:data:`magnifier.parts.PART_NAMES`):
 0 background, 1 head, 2 torso, 3 upper arm, 4 lower arm, 5 upper leg, 6 lower leg, 7 foot.
 Users usually have label maps from another parser (SCHP / JPPNet on LIP or ATR, or a
 Pascal-Person-Part model), so each supported parser gets a :class:`LabelScheme` whose
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from magnifier.data.parts import NUM_PARTS, PART_NAMES
+from magnifier.parts import NUM_PARTS, PART_NAMES
 
 # Short names for the 8 parts, so that the tables below read as "class -> part".
 BG, HEAD, TORSO, UPPER_ARM, LOWER_ARM, UPPER_LEG, LOWER_LEG, FOOT = range(NUM_PARTS)

@@ -1,7 +1,7 @@
 """Deterministic synthetic pedestrian ReID dataset in the Market-1501 layout.
 
 Why: unit/integration tests and smoke runs need a dataset with *exact* part label maps
-(the 8-part scheme of :mod:`magnifier.data.parts`) that the real Market-1501 reader can
+(the 8-part scheme of :mod:`magnifier.parts`) that the real Market-1501 reader can
 read unchanged. Every person is drawn as a stack of polygons (head, torso, arms, legs,
 feet) that is painted twice from the same geometry: once into a *label* map (part ids)
 and once into a *material* map (skin, hair, shirt, trousers, shoes, bag, occluder).
@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from magnifier.data.parts import PART_NAMES
+from magnifier.parts import PART_NAMES
 
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 DEFAULTS = dict(num_ids=200, num_cams=4, images_per_cam=3, height=128, width=64, seed=0,

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magnifier.data.attributes import ATTRIBUTE_GROUPS, group_sizes_for
-from magnifier.data.parts import NUM_PARTS
+from magnifier.parts import ATTRIBUTE_GROUPS, NUM_PARTS, group_sizes_for
 
 #: The attention map each part label's SFB mask is softened with (an index into
 #: :data:`ATTRIBUTE_GROUPS`): head -> head map; torso and arms -> upper map; legs and foot ->

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from magnifier.data.parts import LOWER_BODY, NUM_PARTS, UPPER_BODY
+from magnifier.parts import LOWER_BODY, NUM_PARTS, UPPER_BODY
 
 
 def init_bnneck(bn: nn.BatchNorm1d) -> nn.BatchNorm1d:

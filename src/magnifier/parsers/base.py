@@ -1,7 +1,7 @@
 """What every part parser returns, and the interface a new parser implements.
 
 A parser turns one RGB person crop into an 8-part label map in EANet's labels
-(:data:`magnifier.data.parts.PART_NAMES`: 0 background, 1 head, 2 torso, 3 upper arm,
+(:data:`magnifier.parts.PART_NAMES`: 0 background, 1 head, 2 torso, 3 upper arm,
 4 lower arm, 5 upper leg, 6 lower leg, 7 foot). ``python -m magnifier.parse`` runs one per
 worker process over a dataset and writes the maps where the data module reads them.
 """

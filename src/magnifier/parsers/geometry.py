@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 
 from magnifier.data.masks import stripe_parts
-from magnifier.data.parts import PART_NAMES
+from magnifier.parts import PART_NAMES
 
 HEAD, TORSO, UPPER_ARM, LOWER_ARM, UPPER_LEG, LOWER_LEG, FOOT = range(1, len(PART_NAMES))
 

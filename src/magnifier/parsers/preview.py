@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from magnifier.data.parts import NUM_PARTS, PART_NAMES
+from magnifier.parts import NUM_PARTS, PART_NAMES
 
 #: One fixed colour per part (RGB), background unused; distinct at a glance.
 PART_COLOURS = np.array([

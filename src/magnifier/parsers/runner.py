@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from magnifier.data.files import BadFileError, read_image
-from magnifier.data.parts import NUM_PARTS, PART_NAMES
+from magnifier.parts import NUM_PARTS, PART_NAMES
 
 from . import build_parser
 
