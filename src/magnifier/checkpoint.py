@@ -17,7 +17,7 @@ import torch
 
 from magnifier.errors import UserError
 
-__all__ = ["load_network", "read_checkpoint"]
+__all__ = ["init_network", "load_network", "optimizer_state", "read_checkpoint"]
 
 _PRODUCER = "a .ckpt written by python -m magnifier.train"
 
@@ -70,6 +70,18 @@ def _describe_mismatch(path: Path, expected: dict, state: dict) -> str | None:
             f"{'; '.join(parts)}; was it written by another model or version?")
 
 
+#: Model options added after checkpoints were first written, with the behaviour those older
+#: checkpoints were trained with (the new defaults follow the authors' code instead).
+_OLD_DEFAULTS = {"classifier_bias": False, "grid_sampling": "corner", "parsing_init": "pytorch"}
+
+
+def _fill_old_defaults(cfg: dict) -> None:
+    """A MagnifierNet config saved before these options existed keeps the network it was trained as."""
+    if str(cfg.get("_target_", "")).endswith("MagnifierNet"):
+        for key, value in _OLD_DEFAULTS.items():
+            cfg.setdefault(key, value)
+
+
 def load_network(
     ckpt_path: str | Path,
     trust_checkpoint: bool = False,
@@ -115,6 +127,7 @@ def load_network(
         num_classes = hparams.get("num_classes")
         state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         data, epoch, step = hparams.get("data"), ckpt.get("epoch"), ckpt.get("global_step")
+        _fill_old_defaults(cfg)
     elif model_cfg is not None and isinstance(ckpt, dict) and all(
             isinstance(v, torch.Tensor) for v in ckpt.values()):
         cfg = copy.deepcopy(dict(model_cfg))
@@ -149,3 +162,64 @@ def load_network(
         "global_step": step,
     }
     return net, info
+
+
+def _network_state(path: Path, ckpt: Any) -> dict[str, torch.Tensor]:
+    """The network's tensors in a training checkpoint (``net.*``) or a bare state dict."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        return {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return dict(ckpt)
+    raise UserError(f"init_from={path}: no network weights in it; it must be {_PRODUCER} or a state dict")
+
+
+def init_network(net: torch.nn.Module, path: str | Path, trust_checkpoint: bool = False) -> str:
+    """Initialise ``net`` from the weights of another run (not a resume: no epoch, no optimiser).
+
+    Every tensor whose name and shape match is copied. Classifier layers (names containing
+    ``classifier``) of another size, or absent from the file, keep their fresh initialisation:
+    fine-tuning on a dataset with another number of identities. Any other tensor of another
+    shape means another architecture and is refused; layers the file lacks (a branch the other
+    run did not have) stay fresh and are named. Returns the one-line report.
+    """
+    path = Path(path)
+    state = _network_state(path, read_checkpoint(path, trust_checkpoint))
+    own = net.state_dict()
+    fresh_classifiers, other_shape, absent = [], [], []
+    loaded = {}
+    for name, tensor in own.items():
+        if name not in state:
+            (fresh_classifiers if "classifier" in name else absent).append(name)
+        elif tuple(state[name].shape) != tuple(tensor.shape):
+            if "classifier" in name:
+                fresh_classifiers.append(name)
+            else:
+                other_shape.append(f"{name} {tuple(state[name].shape)} vs {tuple(tensor.shape)}")
+        else:
+            loaded[name] = state[name]
+    if other_shape:
+        raise UserError(f"init_from={path}: {len(other_shape)} weights of another shape (e.g. {other_shape[0]}); "
+                        "it was trained with another backbone or branch width; pick a checkpoint of the same model")
+    if not any(name.startswith("backbone.") for name in loaded):
+        raise UserError(f"init_from={path}: none of its weights fit this model's backbone; "
+                        "pick a checkpoint of the same backbone")
+    net.load_state_dict(loaded, strict=False)
+    report = f"init_from={path}: {len(loaded)} of {len(own)} tensors loaded"
+    layers = sorted({name.rsplit(".", 1)[0] for name in fresh_classifiers})
+    if layers:
+        report += f"; re-initialised (another size or not in the file): {', '.join(layers)}"
+    modules = sorted({name.split(".", 1)[0] for name in absent})
+    if modules:
+        report += f"; not in the file, kept at their initialisation: {len(absent)} tensors of {', '.join(modules)}"
+    return report
+
+
+def optimizer_state(path: str | Path, trust_checkpoint: bool = False) -> dict:
+    """The first optimiser's state in a training checkpoint (Adam's moments and step counts)."""
+    path = Path(path)
+    ckpt = read_checkpoint(path, trust_checkpoint)
+    states = ckpt.get("optimizer_states") if isinstance(ckpt, dict) else None
+    if not states:
+        raise UserError(f"init_optimizer=true but init_from={path} holds no optimiser state; "
+                        f"use a .ckpt written by python -m magnifier.train, or init_optimizer=false")
+    return states[0]

@@ -33,9 +33,20 @@ class ResNetBackbone(nn.Module):
         pretrained: load torchvision's ImageNet weights (downloaded into the torch cache).
         weights: a local ``.pth`` state dict to load instead (takes precedence).
         last_stride: 1 keeps layer4 at layer3's resolution (the strong baseline's choice).
+        stem_relu: keep the ReLU between the stem's BatchNorm and its max pooling. The authors'
+            (and the strong baseline's) ResNet comments it out, but torchvision's ImageNet
+            weights were trained with it, so without it layer1 receives negative inputs it never
+            saw; False reproduces the authors' network.
     """
 
-    def __init__(self, name: str = "resnet50", pretrained: bool = False, weights: str | None = None, last_stride: int = 1):
+    def __init__(
+        self,
+        name: str = "resnet50",
+        pretrained: bool = False,
+        weights: str | None = None,
+        last_stride: int = 1,
+        stem_relu: bool = True,
+    ):
         super().__init__()
         if name not in _RESNETS:
             raise UserError(f"unknown backbone '{name}'; choose one of {', '.join(_RESNETS)}")
@@ -50,7 +61,8 @@ class ResNetBackbone(nn.Module):
             # The first block of layer4 downsamples in its stride-2 conv and its shortcut.
             (block.conv2 if hasattr(block, "conv3") else block.conv1).stride = (1, 1)
             block.downsample[0].stride = (1, 1)
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        stem = [net.conv1, net.bn1, net.relu, net.maxpool] if stem_relu else [net.conv1, net.bn1, net.maxpool]
+        self.stem = nn.Sequential(*stem)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         last3 = net.layer3[-1]
         self.layer3_channels = (last3.conv3 if hasattr(last3, "conv3") else last3.conv2).out_channels

@@ -23,5 +23,6 @@ class Baseline(MagnifierNet):
         last_stride: int = 1,
     ):
         super().__init__(
-            num_classes, backbone, pretrained, weights, last_stride, parsing=False, srb=False, sfb=False
+            num_classes, backbone, pretrained, weights, last_stride, parsing=False, srb=False, sfb=False,
+            classifier_bias=False,
         )

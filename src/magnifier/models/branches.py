@@ -23,21 +23,27 @@ def init_bnneck(bn: nn.BatchNorm1d) -> nn.BatchNorm1d:
 
 
 def init_classifier(fc: nn.Linear) -> nn.Linear:
+    """N(0, 0.001) weights and a zero bias (if any): both the strong baseline's and the authors'."""
     nn.init.normal_(fc.weight, std=0.001)
+    if fc.bias is not None:
+        nn.init.zeros_(fc.bias)
     return fc
 
 
 class GlobalBranch(nn.Module):
-    """GAP on layer4 -> feature (triplet) -> BNNeck -> bias-free classifier (ID loss).
+    """GAP on layer4 -> feature (triplet) -> BNNeck -> classifier (ID loss).
+
+    The classifier has a bias with ``classifier_bias`` (MagnifierNet's authors) and none without
+    (the strong baseline).
 
     ``forward(f4)`` with f4 (N, C, h, w) returns ``(feat, bn_feat, logits)``: (N, C), (N, C),
     (N, num_classes).
     """
 
-    def __init__(self, in_channels: int, num_classes: int):
+    def __init__(self, in_channels: int, num_classes: int, classifier_bias: bool = False):
         super().__init__()
         self.bnneck = init_bnneck(nn.BatchNorm1d(in_channels))
-        self.classifier = init_classifier(nn.Linear(in_channels, num_classes, bias=False))
+        self.classifier = init_classifier(nn.Linear(in_channels, num_classes, bias=classifier_bias))
 
     def forward(self, f4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feat = F.adaptive_avg_pool2d(f4, 1).flatten(1)
@@ -45,11 +51,27 @@ class GlobalBranch(nn.Module):
         return feat, bn_feat, self.classifier(bn_feat)
 
 
-def labels_to_grid(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Part labels (N, H, W) long -> (N, h, w) long by nearest neighbour (labels never blend)."""
-    if tuple(labels.shape[-2:]) == tuple(size):
+#: How :func:`labels_to_grid` picks each grid cell's label: offset of the sampled pixel in the cell.
+GRID_SAMPLING = {"centre": 0.5, "corner": 0.0}
+
+
+def labels_to_grid(labels: torch.Tensor, size: tuple[int, int], sampling: str = "centre") -> torch.Tensor:
+    """Part labels (N, H, W) long -> (N, h, w) long by nearest neighbour (labels never blend).
+
+    ``centre`` reads each cell's label at the pixel at its centre (row ``floor((i + 0.5) H / h)``,
+    what PyTorch calls ``nearest-exact``), so a cell carries the part it mostly covers;
+    ``corner`` reads its top-left pixel (row ``floor(i H / h)``, PyTorch's ``nearest``), half a
+    cell off towards the top left. Plain indexing with constant indices, so it exports to ONNX.
+    """
+    if sampling not in GRID_SAMPLING:
+        raise ValueError(f"grid sampling must be one of {', '.join(GRID_SAMPLING)}, got {sampling!r}")
+    (big_h, big_w), (h, w) = labels.shape[-2:], size
+    if (big_h, big_w) == (h, w):
         return labels
-    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    offset = GRID_SAMPLING[sampling]
+    rows = torch.tensor([min(int((i + offset) * big_h / h), big_h - 1) for i in range(h)], device=labels.device)
+    cols = torch.tensor([min(int((j + offset) * big_w / w), big_w - 1) for j in range(w)], device=labels.device)
+    return labels.index_select(-2, rows).index_select(-1, cols)
 
 
 def _bottleneck(channels: int) -> Bottleneck:
@@ -61,13 +83,25 @@ class ParsingHead(nn.Module):
     """Predicts part labels from layer4 so a deployed model needs no external parser.
 
     (N, C4, h, w) -> logits (N, R, 2h, 2w): 3x3 ConvTranspose stride 2 -> BN -> ReLU -> 1x1 conv.
+
+    ``init="authors"`` draws both convolutions' weights from N(0, 0.001) with a zero bias (the
+    authors' ``PartSegModule``), so the head starts predicting near-uniform parts;
+    ``"pytorch"`` keeps PyTorch's default (Kaiming-uniform) initialisation.
     """
 
-    def __init__(self, in_channels: int, mid_channels: int = 256, num_parts: int = NUM_PARTS):
+    INITS = ("authors", "pytorch")
+
+    def __init__(self, in_channels: int, mid_channels: int = 256, num_parts: int = NUM_PARTS, init: str = "authors"):
         super().__init__()
+        if init not in self.INITS:
+            raise ValueError(f"parsing head init must be one of {', '.join(self.INITS)}, got {init!r}")
         self.up = nn.ConvTranspose2d(in_channels, mid_channels, 3, stride=2, padding=1, output_padding=1, bias=False)
         self.bn = nn.BatchNorm2d(mid_channels)
         self.classifier = nn.Conv2d(mid_channels, num_parts, 1)
+        if init == "authors":
+            nn.init.normal_(self.up.weight, std=0.001)
+            nn.init.normal_(self.classifier.weight, std=0.001)
+            nn.init.zeros_(self.classifier.bias)
 
     def forward(self, f4: torch.Tensor) -> torch.Tensor:
         return self.classifier(F.relu(self.bn(self.up(f4))))
@@ -94,6 +128,7 @@ class SemanticRegularizationBranch(nn.Module):
         erase_upper: int = 2,
         erase_lower: int = 1,
         per_sample: bool = False,
+        classifier_bias: bool = False,
     ):
         super().__init__()
         if not 0 <= erase_upper <= len(UPPER_BODY) or not 0 <= erase_lower <= len(LOWER_BODY):
@@ -106,7 +141,7 @@ class SemanticRegularizationBranch(nn.Module):
         self.bottleneck = _bottleneck(in_channels)
         self.reduce = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.bnneck = init_bnneck(nn.BatchNorm1d(out_channels))
-        self.classifier = init_classifier(nn.Linear(out_channels, num_classes, bias=False))
+        self.classifier = init_classifier(nn.Linear(out_channels, num_classes, bias=classifier_bias))
         self.out_channels = out_channels
 
     def choose_erased(self, n: int, device: torch.device) -> torch.Tensor:
@@ -159,7 +194,14 @@ class SemanticFusionBranch(nn.Module):
 
     FUSIONS = ("lstm", "concat", "attention")
 
-    def __init__(self, in_channels: int, num_classes: int, fusion: str = "lstm", num_parts: int = NUM_PARTS):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        fusion: str = "lstm",
+        num_parts: int = NUM_PARTS,
+        classifier_bias: bool = False,
+    ):
         super().__init__()
         if fusion not in self.FUSIONS:
             raise ValueError(f"fusion must be one of {self.FUSIONS}, got {fusion!r}")
@@ -168,7 +210,7 @@ class SemanticFusionBranch(nn.Module):
         self.bottleneck = _bottleneck(c)
         self.region_bns = nn.ModuleList(init_bnneck(nn.BatchNorm1d(c)) for _ in range(num_parts))
         self.region_classifiers = nn.ModuleList(
-            init_classifier(nn.Linear(c, num_classes, bias=False)) for _ in range(num_parts)
+            init_classifier(nn.Linear(c, num_classes, bias=classifier_bias)) for _ in range(num_parts)
         )
         if fusion == "lstm":
             self.lstm = nn.LSTM(c, c, num_layers=1, batch_first=True)
@@ -180,7 +222,7 @@ class SemanticFusionBranch(nn.Module):
             self.gate = nn.Sequential(nn.Linear(c, c // 16), nn.ReLU(inplace=True), nn.Linear(c // 16, 1))
             self.value = nn.Linear(c, c, bias=False)
         self.bnneck = init_bnneck(nn.BatchNorm1d(c))
-        self.classifier = init_classifier(nn.Linear(c, num_classes, bias=False))
+        self.classifier = init_classifier(nn.Linear(c, num_classes, bias=classifier_bias))
         self.out_channels = c
 
     def forward(

@@ -11,7 +11,7 @@ from torch import nn
 
 from .attributes import AttributeBranch, soft_region_masks
 from .backbones import ResNetBackbone
-from .branches import GlobalBranch, ParsingHead, SemanticFusionBranch, SemanticRegularizationBranch, labels_to_grid
+from .branches import GRID_SAMPLING, GlobalBranch, ParsingHead, SemanticFusionBranch, SemanticRegularizationBranch, labels_to_grid
 
 BRANCHES = ("global", "srb", "sfb")
 
@@ -53,6 +53,13 @@ class MagnifierNet(nn.Module):
             model notes; 0 keeps the hard masks).
         attribute_groups: sizes of the (general, head, upper, lower) attribute groups; None takes
             the Market/Duke layout from ``attributes``.
+        classifier_bias: the ID classifiers (global, SRB, SFB regions and fused) have a bias, as
+            in the authors' ``MT_Model.py``; False is the strong baseline's bias-free classifier.
+        parsing_init: ``authors`` (N(0, 0.001) weights, zero bias) or ``pytorch`` (default init)
+            for the parsing head, see :class:`ParsingHead`.
+        grid_sampling: how the full-resolution label maps are brought to the feature grid and to
+            the parsing head's output: ``centre`` (each cell's centre pixel) or ``corner`` (its
+            top-left pixel), see :func:`labels_to_grid`.
     """
 
     def __init__(
@@ -76,6 +83,9 @@ class MagnifierNet(nn.Module):
         attributes: int = 0,
         attribute_mask_weight: float = 0.2,
         attribute_groups: Sequence[int] | None = None,
+        classifier_bias: bool = True,
+        parsing_init: str = "authors",
+        grid_sampling: str = "centre",
     ):
         super().__init__()
         if isinstance(backbone, str):
@@ -84,14 +94,19 @@ class MagnifierNet(nn.Module):
             raise ValueError("the SFB needs part labels at test time: enable parsing or set gt_masks_at_test=True")
         self.backbone = backbone
         c3, c4 = backbone.layer3_channels, backbone.out_channels
-        self.global_branch = GlobalBranch(c4, num_classes)
-        self.parsing_head = ParsingHead(c4, parsing_channels) if parsing else None
+        if grid_sampling not in GRID_SAMPLING:
+            raise ValueError(f"grid_sampling must be one of {', '.join(GRID_SAMPLING)}, got {grid_sampling!r}")
+        self.grid_sampling = grid_sampling
+        self.global_branch = GlobalBranch(c4, num_classes, classifier_bias)
+        self.parsing_head = ParsingHead(c4, parsing_channels, init=parsing_init) if parsing else None
         self.srb = (
-            SemanticRegularizationBranch(c3, num_classes, srb_channels, erase_upper, erase_lower, erase_per_sample)
+            SemanticRegularizationBranch(
+                c3, num_classes, srb_channels, erase_upper, erase_lower, erase_per_sample, classifier_bias
+            )
             if srb
             else None
         )
-        self.sfb = SemanticFusionBranch(c3, num_classes, fusion) if sfb else None
+        self.sfb = SemanticFusionBranch(c3, num_classes, fusion, classifier_bias=classifier_bias) if sfb else None
         if attributes < 0:
             raise ValueError(f"attributes must be >= 0 (0: no attribute branch), got {attributes}")
         self.attribute_branch = AttributeBranch(c4, attributes, attribute_groups) if attributes else None
@@ -125,15 +140,15 @@ class MagnifierNet(nn.Module):
     def _train_outputs(self, f3, f4, masks, grid) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         out["global_feat"], _, out["global_logits"] = self.global_branch(f4)
-        labels = labels_to_grid(masks, grid) if masks is not None else None
+        labels = labels_to_grid(masks, grid, self.grid_sampling) if masks is not None else None
         maps = None
         if self.attribute_branch is not None:
             attr = self.attribute_branch(f4)
             out["attr_logits"], out["attr_maps"] = attr["logits"], attr["maps"]
             maps = attr["maps"]
         if self.parsing_head is not None:
-            out["parsing_logits"] = self.parsing_head(f4)
-            out["parsing_target"] = masks
+            out["parsing_logits"] = logits = self.parsing_head(f4)
+            out["parsing_target"] = labels_to_grid(masks, tuple(logits.shape[-2:]), self.grid_sampling)
         if self.srb is not None:
             srb = self.srb(f3, labels)
             out.update(srb_feat=srb["feat"], srb_logits=srb["logits"], srb_beta=srb["beta"], srb_keep=srb["keep"])
@@ -157,7 +172,7 @@ class MagnifierNet(nn.Module):
     def predict_parts(self, f4: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The parsing head's part labels on a (h, w) grid: (N, h, w) long."""
         logits = self.parsing_head(f4)
-        return labels_to_grid(logits.argmax(1), size)
+        return labels_to_grid(logits.argmax(1), size, self.grid_sampling)
 
     def _embed(self, f3, f4, masks, grid) -> torch.Tensor:
         parts = []
@@ -167,7 +182,7 @@ class MagnifierNet(nn.Module):
             parts.append(self.srb(f3)["bn_feat"])
         if "sfb" in self.embedding:
             if self.gt_masks_at_test and masks is not None:
-                labels = labels_to_grid(masks, grid)
+                labels = labels_to_grid(masks, grid, self.grid_sampling)
             else:
                 labels = self.predict_parts(f4, grid)
             soft = self.attribute_branch is not None and self.attribute_mask_weight
