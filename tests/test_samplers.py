@@ -485,3 +485,197 @@ def test_defaults_are_the_strong_baseline_batch():
     """P = 16 identities x K = 4 images, seed 0: the strong baseline's (and the paper's) batch."""
     s = RandomIdentitySampler(list(range(20)) * 4)
     assert (s.num_instances, s.batch_size, s.num_pids_per_batch, s.seed) == (4, 64, 16, 0)
+
+
+# --------------------------------------------------------------------------- epoch_mode="drop"
+SIZES = [1, 3, 4, 5, 9]  # identity sizes of the hand-made index (pids 0, 10, 20, 30, 40)
+
+
+def _sized_pids(sizes=SIZES) -> list[int]:
+    return np.repeat(np.arange(len(sizes)) * 10, sizes).tolist()
+
+
+def _check_drop_schedule(schedule: np.ndarray, pids, k: int, per_step: int) -> dict:
+    """Reference check of one drop-mode epoch, written out plainly.
+
+    Per identity with n images: ``n // K`` chunks and ``n % K`` leftover images when n >= K,
+    one (resampled) chunk and no leftover when n < K. Every step takes one chunk from each of
+    ``per_step`` distinct identities that still had chunks; the epoch stops as soon as fewer
+    than ``per_step`` identities have chunks left. Returns the replayed bookkeeping.
+    """
+    pids = np.asarray(pids)
+    images = {p: set(np.flatnonzero(pids == p).tolist()) for p in np.unique(pids).tolist()}
+    chunks_left = {p: (len(v) // k if len(v) >= k else 1) for p, v in images.items()}
+    leftover = {p: (len(v) % k if len(v) >= k else 0) for p, v in images.items()}
+    seen: dict[int, list[int]] = {p: [] for p in images}
+    assert schedule.ndim == 3 and schedule.shape[1:] == (per_step, k)
+    for step in schedule.tolist():
+        available = [p for p, c in chunks_left.items() if c > 0]
+        assert len(available) >= per_step  # the epoch had not ended yet
+        step_ids = []
+        for chunk in step:
+            owners = {int(pids[i]) for i in chunk}
+            assert len(owners) == 1  # a chunk is K images of one identity
+            p = owners.pop()
+            assert chunks_left[p] > 0  # only identities that still have chunks are drawn
+            chunks_left[p] -= 1
+            seen[p].extend(chunk)
+            step_ids.append(p)
+        assert len(set(step_ids)) == per_step  # distinct identities in the step
+    assert sum(c > 0 for c in chunks_left.values()) < per_step  # stopping rule
+    for p, idxs in seen.items():
+        assert set(idxs) <= images[p]
+        if len(images[p]) >= k:
+            assert len(idxs) == len(set(idxs))  # no image repeats (no resampling for n >= K)
+            if chunks_left[p] == 0:  # all chunks used: exactly the n mod K leftover unseen
+                assert len(images[p] - set(idxs)) == leftover[p]
+        else:
+            assert len(idxs) == k * (1 - chunks_left[p])  # one resampled chunk of K
+    return {"chunks_left": chunks_left, "leftover": leftover, "seen": seen, "steps": len(schedule)}
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_drop_mode_against_reference(k):
+    pids = _sized_pids()
+    p = 2
+    s = RandomIdentitySampler(pids, num_instances=k, batch_size=p * k, seed=0, epoch_mode="drop")
+    assert s.epoch_mode == "drop"
+    lower, upper = s.drop_step_bounds()
+    # c = [1, 1, 2, 2, 4], C = 10 (K=2) and c = [1, 1, 1, 1, 2], C = 6 (K=4)
+    assert (lower, upper) == ((3, 5) if k == 2 else (2, 3))
+    steps_seen = Counter()
+    all_idx = []
+    for epoch in range(60):
+        s.set_epoch(epoch)
+        sched = s.global_schedule()
+        ref = _check_drop_schedule(sched, pids, k, p)
+        # the number of batches is the replayed one, and len() matches the iteration
+        flat = list(s)
+        assert flat == sched.reshape(-1).tolist()
+        assert len(s) == len(flat) == ref["steps"] * p * k == s.num_steps * p * k
+        assert s.steps_per_epoch(1) == ref["steps"]
+        for b in _batches(s, pids):
+            _assert_pk(b, p, k)
+        # images repeat within the epoch only for the resampled identities (n < K)
+        small = {i for i, q in enumerate(pids) if SIZES[q // 10] < k}
+        big = [i for i in flat if i not in small]
+        assert len(big) == len(set(big))
+        # leftover images are never drawn: at most n - (n mod K) images of each identity
+        for q, v in ref["seen"].items():
+            n = SIZES[q // 10]
+            if n >= k:
+                assert len(set(v)) <= n - n % k
+        steps_seen[ref["steps"]] += 1
+        all_idx.append(flat)
+    assert set(steps_seen) <= set(range(lower, upper + 1))
+    assert min(steps_seen) == lower and max(steps_seen) == upper  # the count is random per epoch
+    assert len({tuple(f) for f in all_idx}) > 1
+    s.set_epoch(3)
+    assert list(s) == all_idx[3]  # deterministic per (seed, epoch)
+
+
+def test_drop_mode_leftover_counts_and_exact_steps():
+    # P = 1: every chunk is used, so S = sum of chunk counts and exactly n mod K images are left
+    pids = _sized_pids()
+    s = RandomIdentitySampler(pids, num_instances=2, batch_size=2, seed=4, epoch_mode="drop")
+    chunks = [max(1, n // 2) for n in SIZES]  # [1, 1, 2, 2, 4]
+    assert s.num_steps == sum(chunks) == 10
+    ref = _check_drop_schedule(s.global_schedule(), pids, 2, 1)
+    assert ref["leftover"] == {0: 0, 10: 1, 20: 0, 30: 1, 40: 1}
+    unseen = {q: SIZES[q // 10] - len(set(v)) for q, v in ref["seen"].items()}
+    assert unseen == {0: 0, 10: 1, 20: 0, 30: 1, 40: 1}
+    assert len(list(s)) == len(s) == 20
+    # three identities of one chunk, P = 2: one step, the third identity is never drawn
+    pids3 = np.repeat([0, 1, 2], 4).tolist()
+    s3 = RandomIdentitySampler(pids3, num_instances=4, batch_size=8, seed=0, epoch_mode="drop")
+    for epoch in range(5):
+        s3.set_epoch(epoch)
+        assert s3.num_steps == 1 and len(list(s3)) == len(s3) == 8
+        assert s3.drop_step_bounds() == (1, 1)
+    # pad mode on the same index: ceil(n / K) chunks, max(1, C // P) steps
+    pad = RandomIdentitySampler(pids, num_instances=2, batch_size=4, seed=0)
+    assert pad.num_steps == sum(-(-n // 2) for n in SIZES) // 2 == 6
+
+
+def test_drop_mode_draws_identities_uniformly_like_the_authors():
+    """K=4, P=2, chunk counts [1, 1, 1, 1, 2]: the epoch has 2 steps iff the 2-chunk identity is
+    drawn in neither step: (6/10) * (1/3) = 0.2 under the authors' uniform random.sample."""
+    import random
+
+    def authors_steps(rng: random.Random) -> int:  # plain rewrite of the authors' loop
+        left = {0: 1, 10: 1, 20: 1, 30: 1, 40: 2}
+        steps = 0
+        while sum(c > 0 for c in left.values()) >= 2:
+            for q in rng.sample(sorted(q for q, c in left.items() if c > 0), 2):
+                left[q] -= 1
+            steps += 1
+        return steps
+
+    rng = random.Random(0)
+    ref = np.mean([authors_steps(rng) == 2 for _ in range(4000)])
+    s = RandomIdentitySampler(_sized_pids(), num_instances=4, batch_size=8, seed=1, epoch_mode="drop")
+    ours = []
+    for epoch in range(1000):
+        s.set_epoch(epoch)
+        ours.append(s.num_steps == 2)
+    assert abs(ref - 0.2) < 0.03 and abs(np.mean(ours) - 0.2) < 0.05
+
+
+def test_drop_mode_two_ranks_cover_the_global_schedule():
+    pids = _sized_pids()
+    k, p, world = 2, 2, 2
+    samplers = [
+        RandomIdentitySampler(
+            pids, num_instances=k, batch_size=p * k, seed=9, num_replicas=world, rank=r, epoch_mode="drop"
+        )
+        for r in range(world)
+    ]
+    for epoch in range(10):
+        for s in samplers:
+            s.set_epoch(epoch)
+        sched = samplers[0].global_schedule()
+        assert np.array_equal(sched, samplers[1].global_schedule())  # same on every rank
+        _check_drop_schedule(sched, pids, k, p * world)  # P * W identities per global step
+        flats = [list(s) for s in samplers]
+        assert len(samplers[0]) == len(samplers[1]) == len(flats[0]) == len(flats[1])
+        assert len(flats[0]) == sched.shape[0] * p * k
+        for r in range(world):
+            assert flats[r] == sched[:, r * p : (r + 1) * p].reshape(-1).tolist()
+        together = np.stack([np.asarray(f).reshape(-1, p, k) for f in flats], axis=1)
+        assert np.array_equal(together.reshape(sched.shape), sched)
+
+
+def test_pad_mode_unchanged():
+    pids = _sized_pids()
+    default = RandomIdentitySampler(pids, num_instances=2, batch_size=4, seed=0)
+    pad = RandomIdentitySampler(pids, num_instances=2, batch_size=4, seed=0, epoch_mode="pad")
+    assert default.epoch_mode == pad.epoch_mode == "pad"
+    # golden schedules of the pad sampler (recorded before epoch_mode= existed)
+    e0 = [15, 21, 3, 1, 12, 9, 16, 19, 0, 0, 6, 4, 2, 1, 13, 17, 10, 8, 20, 18, 11, 10, 14, 18]
+    e1 = [16, 20, 3, 1, 0, 0, 5, 7, 14, 19, 8, 9, 6, 4, 17, 13, 2, 3, 11, 10, 12, 9, 18, 21]
+    assert list(default) == list(pad) == e0 and len(pad) == 24 and pad.num_steps == 6
+    pad.set_epoch(1)
+    assert list(pad) == e1
+    drop = RandomIdentitySampler(pids, num_instances=2, batch_size=4, seed=0, epoch_mode="drop")
+    assert list(drop) != e0
+
+
+@pytest.mark.parametrize("bad", ["authors", "Pad", "", None, 3])
+def test_bad_epoch_mode_rejected(bad):
+    with pytest.raises(ValueError, match="'pad', 'drop'"):
+        RandomIdentitySampler(_sized_pids(), num_instances=2, batch_size=4, epoch_mode=bad)
+
+
+def test_datamodule_passes_sampler_epoch():
+    from types import SimpleNamespace
+
+    from magnifier.data.datamodule import ReIDDataModule
+    from magnifier.errors import UserError
+
+    dm = ReIDDataModule(batch_size=4, num_instances=2, num_workers=0, sampler_epoch="drop")
+    dm.train_set = SimpleNamespace(pids=_sized_pids())
+    sampler = dm.train_dataloader().sampler
+    assert isinstance(sampler, RandomIdentitySampler) and sampler.epoch_mode == "drop"
+    assert ReIDDataModule(num_workers=0).sampler_epoch == "pad"
+    with pytest.raises(UserError, match="sampler_epoch"):
+        ReIDDataModule(num_workers=0, sampler_epoch="authors")

@@ -45,7 +45,10 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-__all__ = ["RandomIdentitySampler"]
+__all__ = ["EPOCH_MODES", "RandomIdentitySampler"]
+
+#: Allowed values of ``RandomIdentitySampler(epoch_mode=...)`` (see the class docstring).
+EPOCH_MODES = ("pad", "drop")
 
 
 def _dist_world() -> tuple[int, int]:
@@ -72,7 +75,28 @@ class RandomIdentitySampler(DistributedSampler):
         baseline"), so every chunk has exactly ``K`` indices of one identity.
         An identity with ``n`` images therefore has ``ceil(n / K)`` chunks.
 
-    Epoch length.
+    Epoch definition (``epoch_mode``).
+        ``"pad"`` (default) is the chunking above and the fixed-length epoch below.
+        ``"drop"`` is the epoch of the authors' sampler (reid-strong-baseline /
+        MagnifierNet ``RandomIdentitySampler``): an identity with fewer than ``K``
+        images is first resampled *with replacement* to exactly ``K`` images; the
+        images of every identity are shuffled and cut into ``n // K`` chunks, the
+        ``n mod K`` leftover images are *dropped* for this epoch (not padded).  Then
+        each step draws ``P * W`` distinct identities uniformly at random among those
+        that still have unused chunks and takes one chunk from each; an identity
+        leaves the pool once its chunks are used up, and the epoch ends as soon as
+        fewer than ``P * W`` identities remain (their chunks are not used).  With
+        ``W = 1`` this is exactly the authors' rule (``P`` identities); with ``W``
+        ranks the global step of ``P * W`` identities is split across ranks as in
+        ``"pad"`` mode.  The number of steps ``S`` is random (it depends on which
+        identities run out first), between the bounds of :meth:`drop_step_bounds`;
+        ``num_steps`` / ``len`` compute it from the current epoch's schedule (cached
+        per ``(seed, epoch, W)``), so ``len`` always matches what the iteration yields.
+        The drop-mode RNG is seeded like pad mode, so it is deterministic per
+        ``(seed, epoch, W)``, but it is our own numpy RNG: the schedules differ from
+        the authors' Python ``random`` ones.
+
+    Epoch length (``"pad"``).
         With ``W = num_replicas`` the epoch has a fixed number of global steps
         ``S = max(1, total_chunks // (P * W))``, known in advance, so
         ``len(sampler) = S * P * K`` indices *on this rank* (``S`` batches).
@@ -108,6 +132,9 @@ class RandomIdentitySampler(DistributedSampler):
         seed: base seed, shared by all ranks.
         num_replicas: number of ranks ``W`` (None: from torch.distributed).
         rank: this rank (None: from torch.distributed).
+        epoch_mode: epoch definition, ``"pad"`` (pad leftover chunks, fixed epoch length) or
+            ``"drop"`` (the authors' definition: drop leftovers, stop when fewer than
+            ``P * W`` identities have chunks).  Not the epoch number (see :meth:`set_epoch`).
     """
 
     def __init__(
@@ -118,9 +145,15 @@ class RandomIdentitySampler(DistributedSampler):
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
+        epoch_mode: str = "pad",
     ) -> None:
         # Deliberately not DistributedSampler.__init__ (needs a process group).
         Sampler.__init__(self)
+        if not isinstance(epoch_mode, str) or epoch_mode not in EPOCH_MODES:
+            raise ValueError(
+                f"epoch_mode={epoch_mode!r}: the epoch definition must be one of "
+                f"{', '.join(repr(m) for m in EPOCH_MODES)}"
+            )
         num_instances = int(num_instances)
         batch_size = int(batch_size)
         if num_instances < 1:
@@ -148,6 +181,10 @@ class RandomIdentitySampler(DistributedSampler):
         )
         self._unique_pids = unique_pids
         self._chunks_per_id = -(-counts // num_instances)  # ceil(n / K), >= 1
+        # "drop": n // K chunks, or 1 for an identity resampled up to K images.
+        self._drop_chunks_per_id = np.where(counts < num_instances, 1, counts // num_instances)
+        self.epoch_mode = epoch_mode
+        self._drop_cache: tuple[tuple[int, int, int], np.ndarray] | None = None
 
         self.pids = pid_array
         self.num_instances = num_instances
@@ -193,14 +230,40 @@ class RandomIdentitySampler(DistributedSampler):
 
     @property
     def num_steps(self) -> int:
-        """Number of batches per epoch on every rank: ``max(1, total_chunks // (P * W))``."""
+        """Number of batches per epoch on every rank: ``max(1, total_chunks // (P * W))`` in
+        ``"pad"`` mode; in ``"drop"`` mode the length of the current epoch's schedule."""
         return self.steps_per_epoch(self.num_replicas)
 
     def steps_per_epoch(self, world: int) -> int:
         """Batches per epoch and rank with ``world`` ranks (a method, not only the property, so
-        mutation testing reaches the formula)."""
+        mutation testing reaches the formula).  In ``"drop"`` mode the count is random per epoch:
+        it is that of the current epoch's (``self.epoch``) schedule with ``world`` ranks."""
         self._validate_num_ids(world)
+        if self.epoch_mode == "drop":
+            return len(self._drop_schedule(world))
         return max(1, int(self._chunks_per_id.sum()) // (self.num_pids_per_batch * world))
+
+    def drop_step_bounds(self, world: int = 1) -> tuple[int, int]:
+        """``(lower, upper)`` bounds on the ``"drop"``-mode steps per epoch with ``world`` ranks.
+
+        With ``c_i`` chunks per identity (``n // K``, or 1 below ``K`` images), ``C = sum c_i``
+        and ``Q = P * world`` identities per step: the most steps any draw order can reach is
+        the largest ``t`` with ``sum_i min(c_i, t) >= Q * t``; the epoch stops with fewer than
+        ``Q`` identities left, holding at most the ``Q - 1`` largest ``c_i``, so it has at least
+        ``ceil((C - sum of the Q - 1 largest c_i) / Q)`` steps (and at least 1).
+        """
+        self._validate_num_ids(world)
+        q = self.num_pids_per_batch * world
+        c = np.sort(self._drop_chunks_per_id.astype(np.int64))[::-1]
+        total = int(c.sum())
+        lower = max(1, -(-(total - int(c[: q - 1].sum())) // q))
+        upper = 0
+        for t in range(1, total // q + 1):  # sum(min(c, t)) - q * t is concave in t
+            if int(np.minimum(c, t).sum()) >= q * t:
+                upper = t
+            else:
+                break
+        return lower, upper
 
     @property
     def num_samples(self) -> int:
@@ -265,12 +328,50 @@ class RandomIdentitySampler(DistributedSampler):
             chunks.append(self._fill(rng, perm[n_full * k :], idxs)[None, :])
         return np.concatenate(chunks, axis=0)
 
+    def _drop_schedule(self, world: int) -> np.ndarray:
+        """The ``"drop"``-mode global schedule ``(S, P * world, K)`` of the current epoch.
+
+        Cached for the last ``(seed, epoch, world)`` so that ``len`` and ``iter`` agree cheaply.
+        """
+        key = (self.seed, self.epoch, int(world))
+        if self._drop_cache is not None and self._drop_cache[0] == key:
+            return self._drop_cache[1]
+        self._validate_num_ids(world)
+        rng = self._rng()
+        k = self.num_instances
+        per_step = self.num_pids_per_batch * world
+
+        chunks = []
+        for idxs in self._index_groups:
+            if len(idxs) < k:  # authors' rule: resample a small identity up to K, with replacement
+                idxs = rng.choice(idxs, size=k, replace=True)
+            perm = rng.permutation(idxs)
+            n_full = len(perm) // k
+            chunks.append(perm[: n_full * k].reshape(n_full, k))  # leftover n mod K dropped
+        remaining = self._drop_chunks_per_id.astype(np.int64).copy()
+        used = np.zeros_like(remaining)
+
+        steps = []
+        while True:
+            avail = np.flatnonzero(remaining > 0)
+            if len(avail) < per_step:  # authors' stopping rule
+                break
+            chosen = rng.choice(avail, size=per_step, replace=False)  # uniform, random order
+            steps.append(np.stack([chunks[i][used[i]] for i in chosen.tolist()]))
+            used[chosen] += 1
+            remaining[chosen] -= 1
+        schedule = np.stack(steps).astype(np.int64, copy=False)  # >= 1 step: >= P * W identities
+        self._drop_cache = (key, schedule)
+        return schedule
+
     def global_schedule(self) -> np.ndarray:
         """The epoch's global schedule, shape ``(S, P * W, K)`` of dataset indices.
 
         ``schedule[s, r * P:(r + 1) * P]`` are the ``P`` chunks of rank ``r`` at step ``s``.
         """
         world = self.num_replicas
+        if self.epoch_mode == "drop":
+            return self._drop_schedule(world).copy()
         self._validate_num_ids(world)
         rng = self._rng()
         n_ids = self.num_identities
@@ -319,5 +420,6 @@ class RandomIdentitySampler(DistributedSampler):
         return (
             f"{type(self).__name__}(num_ids={self.num_identities}, P={self.num_pids_per_batch}, "
             f"K={self.num_instances}, batch_size={self.batch_size}, seed={self.seed}, "
-            f"epoch={self.epoch}, num_replicas={self._num_replicas}, rank={self._rank})"
+            f"epoch={self.epoch}, num_replicas={self._num_replicas}, rank={self._rank}, "
+            f"epoch_mode={self.epoch_mode!r})"
         )
