@@ -120,6 +120,76 @@ def test_random_erasing_touches_the_image_only():
     assert (torch.as_tensor(out["mask"]) == 3).all()
 
 
+def _erase_constant_image(h, w, seed=0, **kwargs):
+    """One erasing draw (p=1) on a constant image and label map: (image tensor, the same image
+    normalised without erasing, boolean map of the erased pixels)."""
+    image = np.full((h, w, 3), 200, np.uint8)
+    label = np.full((h, w), 3, np.uint8)
+    t = build_transforms(h, w, train=True, flip_p=0.0, pad=0, erasing_p=1.0, **kwargs)
+    t.set_random_seed(seed)
+    out = t(image=image, mask=label)
+    mean, std = kwargs.get("mean", (0.485, 0.456, 0.406)), kwargs.get("std", (0.229, 0.224, 0.225))
+    clean = torch.tensor([(200 / 255.0 - m) / s for m, s in zip(mean, std)], dtype=torch.float32)[:, None, None]
+    unerased = build_transforms(h, w, train=True, flip_p=0.0, pad=0, erasing_p=0.0, **kwargs)(image=image)["image"]
+    assert torch.allclose(unerased, clean.expand_as(unerased), atol=1e-6)  # constant, the normalised pixel
+    img = out["image"]
+    erased = (img != unerased).any(0)
+    assert torch.equal(torch.as_tensor(out["mask"]), torch.as_tensor(label))  # the label map is never erased
+    return img, unerased, erased
+
+
+@pytest.mark.parametrize(
+    "fill, expected",
+    [
+        (None, (0.485, 0.456, 0.406)),  # the default is the authors'
+        ("authors", (0.485, 0.456, 0.406)),
+        ("zero", (0.0, 0.0, 0.0)),
+        ([0.1, -0.2, 0.3], (0.1, -0.2, 0.3)),
+        ((1, 2, 3), (1.0, 2.0, 3.0)),
+    ],
+)
+def test_random_erasing_writes_its_fill_into_the_normalised_image(fill, expected):
+    """The authors' (strong baseline) RandomErasing runs after Normalize and writes the raw
+    numbers 0.485, 0.456, 0.406 into channels 0-2: erased pixels hold exactly those, the rest the
+    normalised image value, and the label map is untouched."""
+    kwargs = {} if fill is None else {"erasing_fill": fill}
+    for seed in range(3):
+        img, unerased, erased = _erase_constant_image(64, 32, seed, **kwargs)
+        assert erased.any()
+        want = torch.tensor(expected, dtype=torch.float32)
+        for c in range(3):
+            assert (img[c][erased] == want[c]).all()  # exactly the fill, float32
+            assert torch.equal(img[c][~erased], unerased[c][~erased])  # the rest is the normalised pixel
+
+
+def test_random_erasing_area_and_shape_follow_the_strong_baseline():
+    """One rectangle per draw, 2-40 % of the image (up to the rounding of its sides), aspect
+    within 0.3-1/0.3; over many draws the large areas are reached too (A.Erasing's own sampler
+    stopped at about 15 % of a 256 x 128 image)."""
+    h, w = 256, 128
+    image = np.full((h, w, 3), 200, np.uint8)
+    t = build_transforms(h, w, train=True, flip_p=0.0, pad=0, erasing_p=1.0, erasing_fill="zero")
+    fractions = []
+    for seed in range(4):
+        t.set_random_seed(seed)
+        for _ in range(25):
+            erased = (t(image=image)["image"] == 0).all(0)
+            rows, cols = torch.nonzero(erased.any(1)).flatten(), torch.nonzero(erased.any(0)).flatten()
+            eh, ew = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+            assert int(erased.sum()) == eh * ew  # a single filled rectangle
+            slack = (eh + ew) / 2 + 0.25  # rounding each side to whole pixels
+            assert 0.02 * h * w - slack <= eh * ew <= 0.4 * h * w + slack
+            assert 0.3 - 1 / min(eh, ew) <= eh / ew <= 1 / 0.3 + 1 / min(eh, ew)
+            fractions.append(eh * ew / (h * w))
+    assert max(fractions) > 0.3 and min(fractions) < 0.1
+
+
+@pytest.mark.parametrize("bad", ["mean", "random", "", 0, 0.5, [0.1, 0.2], [0.1, 0.2, 0.3, 0.4], ["a", "b", "c"], None])
+def test_bad_erasing_fill_is_rejected(bad):
+    with pytest.raises(ValueError, match="'authors' or 'zero'"):
+        build_transforms(64, 32, train=True, erasing_fill=bad)
+
+
 def test_missing_label_maps_stop_with_a_clear_message(tiny_data_dir, tmp_path):
     import shutil
 
@@ -279,13 +349,14 @@ def test_an_unreadable_query_or_gallery_image_stops_at_setup(tiny_data_dir, tmp_
 def test_default_train_pipeline_is_the_strong_baseline_recipe():
     """The defaults are the strong baseline's: resize (linear for the image, nearest for the
     labels), flip p=0.5, zero padding of 10 + random crop back to the size, ImageNet
-    normalisation, random erasing p=0.5 on the image only (area 2-40 %, aspect 0.3-3.3)."""
+    normalisation, random erasing p=0.5 on the image only (area 2-40 %, aspect 0.3-1/0.3, the
+    authors' fill: the mean's raw numbers written into the normalised image)."""
     import albumentations as A
     import cv2
 
     t = build_transforms(256, 128, train=True).transforms
     names = [type(op).__name__ for op in t]
-    assert names == ["Resize", "HorizontalFlip", "PadIfNeeded", "RandomCrop", "Normalize", "Erasing", "ToTensorV2"]
+    assert names == ["Resize", "HorizontalFlip", "PadIfNeeded", "RandomCrop", "Normalize", "RandomErasing", "ToTensorV2"]
     resize, flip, pad, crop, norm, erase = t[:6]
     assert (resize.height, resize.width) == (256, 128)
     assert resize.interpolation == cv2.INTER_LINEAR and resize.mask_interpolation == cv2.INTER_NEAREST
@@ -294,8 +365,8 @@ def test_default_train_pipeline_is_the_strong_baseline_recipe():
     assert pad.border_mode == cv2.BORDER_CONSTANT and pad.fill == 0 and pad.fill_mask == 0
     assert (crop.height, crop.width) == (256, 128)
     assert tuple(norm.mean) == (0.485, 0.456, 0.406) and tuple(norm.std) == (0.229, 0.224, 0.225)
-    assert erase.p == 0.5 and tuple(erase.scale) == (0.02, 0.4) and tuple(erase.ratio) == (0.3, 3.3)
-    assert erase.fill == 0 and erase.fill_mask is None
+    assert erase.p == 0.5 and tuple(erase.scale) == (0.02, 0.4) and tuple(erase.ratio) == (0.3, 1 / 0.3)
+    assert tuple(erase.fill) == (0.485, 0.456, 0.406) and erase.fill_mask is None
     assert isinstance(build_transforms(256, 128, train=False).transforms[0], A.Resize)
     assert [type(op).__name__ for op in build_transforms(256, 128, train=False).transforms] == [
         "Resize", "Normalize", "ToTensorV2"]

@@ -13,7 +13,7 @@ from magnifier.errors import UserError
 
 from .dataset import MissingAttributesError, ReIDImageDataset, unreadable_files
 from .datasets import ReIDData, combine_train, load_dataset
-from .samplers import RandomIdentitySampler
+from .samplers import EPOCH_MODES, RandomIdentitySampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
 
@@ -31,6 +31,13 @@ class ReIDDataModule(pl.LightningDataModule):
         root: the dataset folder or a parent that holds it under its official name.
         height, width: network input size.
         num_instances: K, images per identity in a batch; ``batch_size`` = P x K.
+        sampler_epoch: the identity sampler's epoch definition (``RandomIdentitySampler(epoch_mode=)``):
+            ``pad`` (leftover images of an identity padded into a last chunk, fixed epoch length) or
+            ``drop`` (the authors' sampler: leftovers dropped, the epoch ends when fewer than P
+            identities have chunks left, so it is shorter and its length varies per epoch).
+        erasing_fill: what random erasing writes into the normalised training image: ``authors``
+            (the raw numbers of ``mean``, as the authors' code), ``zero`` (the mean pixel) or 3
+            numbers; see :func:`magnifier.data.transforms.erasing_fill_value`.
         use_masks: read part label maps for training (the parsing head, SRB and SFB need them).
         eval_masks: also read query/gallery label maps (for ``model.gt_masks_at_test``, analysis only).
         mask_scheme: the label set the maps are written in (``conf/masks/``: eanet, lip,
@@ -65,6 +72,7 @@ class ReIDDataModule(pl.LightningDataModule):
         flip_p: float = 0.5,
         pad: int = 10,
         erasing_p: float = 0.5,
+        erasing_fill: str | list[float] = "authors",
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         use_masks: bool = True,
@@ -78,6 +86,7 @@ class ReIDDataModule(pl.LightningDataModule):
         empty_masks: str = "keep",
         options: dict[str, Any] | None = None,
         train: list[str] | None = None,
+        sampler_epoch: str = "pad",
     ):
         super().__init__()
         self.name, self.root = name, str(root)
@@ -97,8 +106,13 @@ class ReIDDataModule(pl.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.options = dict(options or {})
         self.train_sets = list(train) if train else None
+        if sampler_epoch not in EPOCH_MODES:
+            raise UserError(f"dataset.sampler_epoch={sampler_epoch!r}: use {' or '.join(EPOCH_MODES)}")
+        self.sampler_epoch = sampler_epoch
         self.attribute_names: list[str] | None = None
-        self.train_transform = build_transforms(height, width, True, flip_p, pad, erasing_p, tuple(mean), tuple(std))
+        self.train_transform = build_transforms(
+            height, width, True, flip_p, pad, erasing_p, tuple(mean), tuple(std), erasing_fill
+        )
         self.test_transform = build_transforms(height, width, False, mean=tuple(mean), std=tuple(std))
         self.data: ReIDData | None = None
 
@@ -221,7 +235,8 @@ class ReIDDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = RandomIdentitySampler(
-            self.train_set.pids, num_instances=self.num_instances, batch_size=self.batch_size, seed=self.seed
+            self.train_set.pids, num_instances=self.num_instances, batch_size=self.batch_size, seed=self.seed,
+            epoch_mode=self.sampler_epoch,
         )
         return DataLoader(
             self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True, **self._loader_kwargs()
