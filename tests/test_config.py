@@ -141,28 +141,52 @@ def test_runs_from_any_working_directory(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "experiment,dataset,milestones,diversity",
+    "dataset,milestones,diversity,stage1_epochs,last_epoch,attributes",
     [
-        ("market_paper", "market", [40, 70], 0.01),
-        ("duke_paper", "duke", [40, 70], 0.01),
-        ("cuhk03_labeled_paper", "cuhk03_labeled", [40], 0.01),
-        ("cuhk03_detected_paper", "cuhk03_detected", [40], 0.001),
+        ("market", [40, 70], 0.01, 460, 500, 30),   # configs/market-train.yaml: model_460 -> 500
+        ("duke", [40, 70], 0.01, 460, 500, 23),     # no Duke config released: Market's, inferred
+        ("cuhk03_labeled", [40], 0.01, 560, 600, 0),    # configs/cuhk-l-train.yaml: model_560 -> 600
+        ("cuhk03_detected", [40], 0.001, 560, 600, 0),  # configs/cuhk-d-train.yaml
     ],
 )
-def test_paper_recipes(experiment, dataset, milestones, diversity, tmp_path):
-    cfg = compose([f"experiment={experiment}"], output_dir=str(tmp_path))
-    assert cfg.dataset.name == dataset
-    assert (cfg.dataset.height, cfg.dataset.width, cfg.dataset.batch_size, cfg.dataset.num_instances) == (384, 192, 64, 4)
-    assert cfg.dataset.erasing_p == 0.5
-    assert cfg.model._target_ == "magnifier.models.MagnifierNet"
-    assert cfg.model.parsing and cfg.model.srb and cfg.model.sfb and cfg.model.fusion == "lstm"
-    assert cfg.model.backbone.name == "resnet50" and cfg.model.backbone.pretrained is True
-    assert (cfg.optim.optimizer.lr, cfg.optim.optimizer.weight_decay) == (3.5e-4, 5e-4)
-    assert cfg.optim.scheduler.warmup_epochs == 10 and list(cfg.optim.scheduler.milestones) == milestones
-    loss = cfg.loss
-    assert (loss.id_weight, loss.triplet_weight, loss.label_smoothing, loss.margin) == (1.0, 1.0, 0.1, 0.3)
-    assert (loss.parsing_weight, loss.srb_weight, loss.region_weight) == (2.0, 1.0, 0.0125)
-    assert (loss.sfb_weight, loss.sfb_triplet_weight, loss.diversity_weight) == (1.0, 1.0, diversity)
+def test_paper_recipes(dataset, milestones, diversity, stage1_epochs, last_epoch, attributes, tmp_path):
+    stage1 = compose([f"experiment={dataset}_paper"], output_dir=str(tmp_path))
+    stage2 = compose([f"experiment={dataset}_paper_stage2"], output_dir=str(tmp_path))
+    short = compose([f"experiment={dataset}_paper_120"], output_dir=str(tmp_path))
+    for cfg in (stage1, stage2, short):
+        assert cfg.dataset.name == dataset
+        assert (cfg.dataset.height, cfg.dataset.width, cfg.dataset.batch_size, cfg.dataset.num_instances) == (384, 192, 64, 4)
+        assert cfg.dataset.erasing_p == 0.5 and cfg.dataset.erasing_fill == "authors"
+        assert cfg.dataset.sampler_epoch == "drop"
+        assert cfg.model._target_ == "magnifier.models.MagnifierNet"
+        assert cfg.model.parsing and cfg.model.srb and cfg.model.sfb and cfg.model.fusion == "lstm"
+        assert cfg.model.classifier_bias and cfg.model.parsing_init == "authors"
+        assert cfg.model.backbone.name == "resnet50"
+        assert (cfg.optim.optimizer.lr, cfg.optim.optimizer.weight_decay) == (3.5e-4, 5e-4)
+        assert cfg.optim.scheduler.warmup_epochs == 10 and list(cfg.optim.scheduler.milestones) == milestones
+        assert cfg.optim.scheduler.step_at == "start"
+        loss = cfg.loss
+        assert (loss.id_weight, loss.triplet_weight, loss.label_smoothing, loss.margin) == (1.0, 1.0, 0.1, 0.3)
+        assert (loss.parsing_weight, loss.srb_weight, loss.region_weight) == (2.0, 1.0, 0.0125)
+        assert (loss.sfb_weight, loss.sfb_triplet_weight) == (1.0, 1.0)
+    # Stage 1: from ImageNet, no diversity loss, as long as the authors' checkpoint implies.
+    assert stage1.model.backbone.pretrained is True and stage1.loss.diversity_weight == 0
+    assert stage1.trainer.max_epochs == stage1_epochs and stage1.optim.scheduler.start_epoch == 0
+    assert not stage1.init_required and stage1.init_from is None
+    assert stage1.model.attributes == attributes and bool(stage1.dataset.get("attributes")) == bool(attributes)
+    # Stage 2: stage 1's weights and optimiser state, the diversity loss, the schedule continued.
+    assert stage2.init_required and stage2.init_optimizer and stage2.model.backbone.pretrained is False
+    assert stage2.loss.diversity_weight == diversity
+    assert stage2.optim.scheduler.start_epoch == stage1_epochs
+    assert stage1_epochs + stage2.trainer.max_epochs == last_epoch
+    assert stage2.model.attributes == attributes
+    # The shorter single-stage variant: 120 epochs, diversity from the start, no attributes.
+    assert short.trainer.max_epochs == 120 and short.loss.diversity_weight == diversity
+    assert short.model.attributes == 0 and short.dataset.get("attributes") is None and not short.init_required
+    if attributes:
+        noattr = compose([f"experiment={dataset}_paper_noattr"], output_dir=str(tmp_path))
+        assert noattr.model.attributes == 0 and noattr.dataset.attributes is None
+        assert noattr.trainer.max_epochs == stage1_epochs
 
 
 def test_ablation_ladder_configs(tmp_path):

@@ -16,6 +16,21 @@ log = logging.getLogger(__name__)
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 
 
+#: When the per-epoch scheduler steps: ``start`` (the authors' code steps it as each epoch starts,
+#: so 0-based epoch e trains at the multiplier of e + 1: the first epoch at 0.109x with a 10-epoch
+#: warm-up from 0.01, the decay at milestone 40 already in epoch 39), ``end`` (PyTorch's and
+#: Lightning's order: epoch e at the multiplier of e, the first epoch at 0.01x).
+SCHEDULER_STEP_AT = {"start": 1, "end": 0}
+
+
+def schedule_epoch(epoch: int, step_at: str = "start", start_epoch: int = 0) -> int:
+    """The epoch whose multiplier 0-based training epoch ``epoch`` uses; ``start_epoch`` shifts
+    the whole schedule (a second stage continuing where the first one stopped)."""
+    if step_at not in SCHEDULER_STEP_AT:
+        raise ValueError(f"optim.scheduler.step_at must be one of {', '.join(SCHEDULER_STEP_AT)}, got {step_at!r}")
+    return epoch + start_epoch + SCHEDULER_STEP_AT[step_at]
+
+
 def warmup_multistep(epoch: int, warmup_epochs: int, warmup_factor: float, milestones: list[int], gamma: float) -> float:
     """lr multiplier at ``epoch``: linear warm-up from ``warmup_factor`` to 1, then x``gamma`` at each milestone."""
     if epoch < warmup_epochs:
@@ -33,7 +48,9 @@ class ReIDModule(pl.LightningModule):
             training identities, or at once when ``num_classes`` is given (loading a checkpoint).
         loss: the composite loss's config (``_target_`` and weights).
         optim: ``optimizer`` (an optimizer config with ``_partial_: true``) and ``scheduler``
-            (``warmup_epochs``, ``warmup_factor``, ``milestones``, ``gamma``; stepped per epoch).
+            (``warmup_epochs``, ``warmup_factor``, ``milestones``, ``gamma``; stepped per epoch;
+            optional ``step_at`` = start | end, see :data:`SCHEDULER_STEP_AT`, and
+            ``start_epoch``, the schedule's epoch at which this run begins).
         num_classes: training identities, saved with the checkpoint.
         channels_last: NHWC memory layout for the network and its inputs (faster convolutions
             on recent GPUs and CPUs with mixed precision).
@@ -58,10 +75,12 @@ class ReIDModule(pl.LightningModule):
 
         self.val_metric = ReIDMetric()
         self.test_metric = ReIDMetric()
+        self._initial_optimizer_state: dict | None = None
         if num_classes is not None:
-            self._build(num_classes)
+            self.build(num_classes)
 
-    def _build(self, num_classes: int) -> None:
+    def build(self, num_classes: int) -> None:
+        """Build the network for ``num_classes`` identities (done in :meth:`setup` otherwise)."""
         self.hparams.num_classes = num_classes
         self.net = instantiate(self.hparams.net, num_classes=num_classes)
         if self.hparams.channels_last:
@@ -78,7 +97,7 @@ class ReIDModule(pl.LightningModule):
             datamodule = self.trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "num_classes"):
                 raise RuntimeError("ReIDModule needs num_classes or a data module that provides it")
-            self._build(datamodule.num_classes)
+            self.build(datamodule.num_classes)
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None):
         return self.net(images, masks)
@@ -125,13 +144,51 @@ class ReIDModule(pl.LightningModule):
         self._eval_epoch_end(self.test_metric, "test")
 
     # -- optimisation -------------------------------------------------------------------------
+    def start_optimizer_from(self, state: dict) -> None:
+        """Start training with another run's optimiser state (Adam's moments and step counts),
+        as the authors' second stage does; the learning rate stays this run's schedule."""
+        self._initial_optimizer_state = state
+
+    def on_train_start(self) -> None:
+        state, self._initial_optimizer_state = self._initial_optimizer_state, None
+        if state is None:
+            return
+        from magnifier.errors import UserError
+
+        optimizer = self.trainer.optimizers[0]
+        current = optimizer.state_dict()
+        own_ids = [i for g in current["param_groups"] for i in g["params"]]
+        saved_ids = [i for g in state["param_groups"] for i in g["params"]]
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if len(own_ids) != len(saved_ids):
+            raise UserError(f"init_optimizer=true: the checkpoint's optimiser holds {len(saved_ids)} parameters, "
+                            f"this model trains {len(own_ids)}; use init_optimizer=false")
+        moved = {}
+        for own, saved, param in zip(own_ids, saved_ids, params):
+            entry = state["state"].get(saved)
+            if entry is None:
+                continue
+            for value in entry.values():
+                if torch.is_tensor(value) and value.dim() and tuple(value.shape) != tuple(param.shape):
+                    raise UserError(f"init_optimizer=true: the checkpoint's optimiser state has shape "
+                                    f"{tuple(value.shape)} where this model has {tuple(param.shape)}; "
+                                    "use init_optimizer=false")
+            moved[own] = entry
+        # Only the per-parameter state is taken: lr, weight decay and initial_lr stay this run's.
+        current["state"] = moved
+        optimizer.load_state_dict(current)
+        log.info("optimiser state taken from init_from (%d of %d parameters)", len(moved), len(own_ids))
+
     def configure_optimizers(self):
         optim = self.hparams.optim
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = instantiate(optim["optimizer"])(params=params)
         sched = dict(optim["scheduler"])
+        step_at, start_epoch = sched.get("step_at", "end"), int(sched.get("start_epoch", 0))
+        schedule_epoch(0, step_at, start_epoch)  # a bad step_at fails here, not mid-epoch
         lr_lambda = lambda epoch: warmup_multistep(  # noqa: E731
-            epoch, sched["warmup_epochs"], sched["warmup_factor"], list(sched["milestones"]), sched["gamma"]
+            schedule_epoch(epoch, step_at, start_epoch),
+            sched["warmup_epochs"], sched["warmup_factor"], list(sched["milestones"]), sched["gamma"],
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

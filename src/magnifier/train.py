@@ -53,6 +53,20 @@ def _check_attributes(cfg: DictConfig, datamodule) -> None:
         )
 
 
+def _init_from(cfg: DictConfig, module, num_classes: int) -> None:
+    """Weights (and with ``init_optimizer``, the optimiser's moments) of another run: a second
+    training stage or fine-tuning; epochs, schedule and callbacks start fresh."""
+    from magnifier.checkpoint import init_network, optimizer_state
+
+    module.build(num_classes)
+    trust = cfg.get("trust_checkpoint", False)
+    report = init_network(module.net, cfg.init_from, trust)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        print(report, flush=True)
+    if cfg.get("init_optimizer", False):
+        module.start_optimizer_from(optimizer_state(cfg.init_from, trust))
+
+
 def format_results(metrics: dict, best_ckpt: str | None) -> str:
     """The closing table: rank-1/5/10, mAP, mINP in percent, and the best checkpoint's path."""
     from magnifier.module import METRIC_KEYS
@@ -77,6 +91,12 @@ def train(cfg: DictConfig) -> dict:
     _check_logger(cfg)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    if cfg.get("init_required") and not cfg.get("init_from") and not cfg.get("ckpt_path"):
+        raise UserError("this recipe continues a previous stage: add init_from=<its checkpoint>, "
+                        "e.g. init_from=logs/train/runs/<run>/checkpoints/last.ckpt")
+    if cfg.get("init_from") and not Path(cfg.init_from).is_file():
+        raise UserError(f"init_from={cfg.init_from}: no such checkpoint file (the weights to start from, "
+                        "e.g. stage 1's .../checkpoints/last.ckpt)")
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -97,6 +117,8 @@ def train(cfg: DictConfig) -> dict:
         net=container["model"], loss=container["loss"], optim=container["optim"],
         channels_last=cfg.get("channels_last", False), data=data,
     )
+    if cfg.get("init_from") and not cfg.get("ckpt_path"):  # a resume restores everything itself
+        _init_from(cfg, module, datamodule.num_classes)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer = pl.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False)
