@@ -261,3 +261,24 @@ def test_grid_sampling_matches_pytorchs_nearest_modes(size):
     for sampling, mode in (("centre", "nearest-exact"), ("corner", "nearest")):
         reference = torch.nn.functional.interpolate(labels[:, None].float(), size=size, mode=mode)[:, 0].long()
         assert torch.equal(labels_to_grid(labels, size, sampling), reference), (sampling, size)
+
+
+def test_attribute_head_authors_has_a_bottleneck_and_averages_plainly():
+    from magnifier.models.attributes import AttributeBranch
+
+    torch.manual_seed(0)
+    f4 = torch.rand(2, 64, 6, 3)
+    authors = AttributeBranch(64, 30).eval()
+    ours = AttributeBranch(64, 30, head="ours").eval()
+    assert authors.bottleneck is not None and ours.bottleneck is None
+    with torch.no_grad():
+        maps = torch.sigmoid(authors.attention(authors.bottleneck(f4)))  # the conv reads the bottleneck
+        torch.testing.assert_close(authors.maps(f4), maps)
+        # general group (5 bits): its classifier on the plain average of map_0 * f4 over the 18 cells
+        plain = (maps[:, :1] * f4).sum((2, 3)) / 18
+        torch.testing.assert_close(authors(f4)["logits"][:, :5], authors.classifiers[0](plain))
+        maps = ours.maps(f4)
+        weighted = (maps[:, :1] * f4).sum((2, 3)) / maps[:, 0].sum((1, 2))[:, None]
+        torch.testing.assert_close(ours(f4)["logits"][:, :5], ours.classifiers[0](weighted))
+    with pytest.raises(ValueError, match="authors, ours"):
+        AttributeBranch(64, 30, head="theirs")

@@ -72,7 +72,7 @@ def _describe_mismatch(path: Path, expected: dict, state: dict) -> str | None:
 
 #: Model options added after checkpoints were first written, with the behaviour those older
 #: checkpoints were trained with (the new defaults follow the authors' code instead).
-_OLD_DEFAULTS = {"classifier_bias": False, "grid_sampling": "corner", "parsing_init": "pytorch"}
+_OLD_DEFAULTS = {"classifier_bias": False, "grid_sampling": "corner", "parsing_init": "pytorch", "attribute_head": "ours"}
 
 
 def _fill_old_defaults(cfg: dict) -> None:

@@ -14,6 +14,8 @@ from torch import nn
 
 from magnifier.parts import ATTRIBUTE_GROUPS, NUM_PARTS, group_sizes_for
 
+from .branches import fresh_bottleneck
+
 #: The attention map each part label's SFB mask is softened with (an index into
 #: :data:`ATTRIBUTE_GROUPS`): head -> head map; torso and arms -> upper map; legs and foot ->
 #: lower map. Background (None) keeps its hard mask.
@@ -24,9 +26,12 @@ class AttributeBranch(nn.Module):
     """Four attention maps on layer4 and identity-attribute classifiers that read through them.
 
     * Attention: a 1x1 conv (C4 -> 4) + sigmoid gives the maps ``general``, ``head``, ``upper``
-      and ``lower``: (N, 4, h, w) in (0, 1).
-    * Pooling: each map pools layer4 by its weighted mean, p_k = sum(a_k * f4) / sum(a_k), one
-      (N, C4) vector per map.
+      and ``lower``: (N, 4, h, w) in (0, 1). With ``head="authors"`` (the authors'
+      ``AttrAttnBlockFc`` with its default ``attr_bottleneck``) the conv reads a fresh ResNet
+      bottleneck (C4 -> C4 / 4 -> C4) on layer4; with ``"ours"`` it reads layer4 itself.
+    * Pooling: each map pools layer4 into one (N, C4) vector per map: ``authors``, the plain
+      average of a_k * f4 over the grid (as their ``F.avg_pool2d``); ``ours``, the weighted
+      mean sum(a_k * f4) / sum(a_k), which does not shrink with the map's area.
     * Classification: the attribute vector is split into four consecutive groups of sizes
       ``group_sizes`` = (general, head, upper, lower) (the order of
       :mod:`magnifier.data.attributes`: e.g. age and gender are general, hair and hat are head,
@@ -43,10 +48,20 @@ class AttributeBranch(nn.Module):
         num_attributes: A.
         group_sizes: four group sizes summing to A; None takes the Market-1501 (30 bits:
             5, 2, 11, 12) or DukeMTMC-reID (23 bits: 1, 1, 11, 10) layout from the count.
+        head: ``authors`` (bottleneck before the attention conv, plain average pooling) or
+            ``ours`` (no bottleneck, weighted-mean pooling).
     """
 
-    def __init__(self, in_channels: int, num_attributes: int, group_sizes: Sequence[int] | None = None):
+    HEADS = ("authors", "ours")
+
+    def __init__(
+        self, in_channels: int, num_attributes: int, group_sizes: Sequence[int] | None = None, head: str = "authors"
+    ):
         super().__init__()
+        if head not in self.HEADS:
+            raise ValueError(f"attribute head must be one of {', '.join(self.HEADS)}, got {head!r}")
+        self.head = head
+        self.bottleneck = fresh_bottleneck(in_channels) if head == "authors" else None
         if num_attributes < 1:
             raise ValueError(f"the attribute branch needs num_attributes >= 1, got {num_attributes}")
         if group_sizes is None:
@@ -72,12 +87,16 @@ class AttributeBranch(nn.Module):
 
     def maps(self, f4: torch.Tensor) -> torch.Tensor:
         """The attention maps (N, 4, h, w) in (0, 1): general, head, upper, lower."""
-        return torch.sigmoid(self.attention(f4))
+        x = self.bottleneck(f4) if self.bottleneck is not None else f4
+        return torch.sigmoid(self.attention(x))
 
     def forward(self, f4: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = self.maps(f4)
-        # Weighted mean of f4 under each map: (N, 4, C).
-        pooled = torch.einsum("nkhw,nchw->nkc", maps, f4) / maps.sum((2, 3))[..., None].clamp_min(1e-6)
+        pooled = torch.einsum("nkhw,nchw->nkc", maps, f4)  # (N, 4, C): sum of a_k * f4 over the grid
+        if self.head == "authors":
+            pooled = pooled / (f4.shape[-2] * f4.shape[-1])  # the plain average
+        else:
+            pooled = pooled / maps.sum((2, 3))[..., None].clamp_min(1e-6)  # the weighted mean
         logits = [fc(pooled[:, k]) for k, (fc, n) in enumerate(zip(self.classifiers, self.group_sizes)) if n]
         return {"logits": torch.cat(logits, dim=1), "maps": maps}
 

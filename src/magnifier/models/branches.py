@@ -74,7 +74,7 @@ def labels_to_grid(labels: torch.Tensor, size: tuple[int, int], sampling: str = 
     return labels.index_select(-2, rows).index_select(-1, cols)
 
 
-def _bottleneck(channels: int) -> Bottleneck:
+def fresh_bottleneck(channels: int) -> Bottleneck:
     """A fresh ResNet bottleneck keeping ``channels`` (channels // 4 inside, x4 expansion out)."""
     return Bottleneck(channels, channels // 4)
 
@@ -138,7 +138,7 @@ class SemanticRegularizationBranch(nn.Module):
             )
         out_channels = out_channels or in_channels
         self.erase_upper, self.erase_lower, self.per_sample = erase_upper, erase_lower, per_sample
-        self.bottleneck = _bottleneck(in_channels)
+        self.bottleneck = fresh_bottleneck(in_channels)
         self.reduce = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.bnneck = init_bnneck(nn.BatchNorm1d(out_channels))
         self.classifier = init_classifier(nn.Linear(out_channels, num_classes, bias=classifier_bias))
@@ -207,7 +207,7 @@ class SemanticFusionBranch(nn.Module):
             raise ValueError(f"fusion must be one of {self.FUSIONS}, got {fusion!r}")
         self.fusion, self.num_parts = fusion, num_parts
         c = in_channels
-        self.bottleneck = _bottleneck(c)
+        self.bottleneck = fresh_bottleneck(c)
         self.region_bns = nn.ModuleList(init_bnneck(nn.BatchNorm1d(c)) for _ in range(num_parts))
         self.region_classifiers = nn.ModuleList(
             init_classifier(nn.Linear(c, num_classes, bias=classifier_bias)) for _ in range(num_parts)

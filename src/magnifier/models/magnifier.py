@@ -57,6 +57,8 @@ class MagnifierNet(nn.Module):
             in the authors' ``MT_Model.py``; False is the strong baseline's bias-free classifier.
         parsing_init: ``authors`` (N(0, 0.001) weights, zero bias) or ``pytorch`` (default init)
             for the parsing head, see :class:`ParsingHead`.
+        attribute_head: ``authors`` (a bottleneck before the attention conv, plain average
+            pooling) or ``ours`` (neither), see :class:`AttributeBranch`.
         grid_sampling: how the full-resolution label maps are brought to the feature grid and to
             the parsing head's output: ``centre`` (each cell's centre pixel) or ``corner`` (its
             top-left pixel), see :func:`labels_to_grid`.
@@ -85,6 +87,7 @@ class MagnifierNet(nn.Module):
         attribute_groups: Sequence[int] | None = None,
         classifier_bias: bool = True,
         parsing_init: str = "authors",
+        attribute_head: str = "authors",
         grid_sampling: str = "centre",
     ):
         super().__init__()
@@ -109,7 +112,9 @@ class MagnifierNet(nn.Module):
         self.sfb = SemanticFusionBranch(c3, num_classes, fusion, classifier_bias=classifier_bias) if sfb else None
         if attributes < 0:
             raise ValueError(f"attributes must be >= 0 (0: no attribute branch), got {attributes}")
-        self.attribute_branch = AttributeBranch(c4, attributes, attribute_groups) if attributes else None
+        self.attribute_branch = (
+            AttributeBranch(c4, attributes, attribute_groups, attribute_head) if attributes else None
+        )
         self.attribute_mask_weight = attribute_mask_weight
         enabled = [b for b, on in zip(BRANCHES, (True, srb, sfb)) if on]
         self.embedding = list(embedding) if embedding is not None else enabled
