@@ -27,11 +27,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from magnifier.config import project_root  # noqa: E402
 from magnifier.data import ReIDDataModule  # noqa: E402
 from magnifier.evaluation import evaluate_rank  # noqa: E402
+from magnifier.models.branches import labels_to_grid  # noqa: E402
 from magnifier.module import ReIDModule  # noqa: E402
 
 MODELS = ["baseline", "baseline_parsing", "sab", "sfb", "magnifier"]
@@ -76,7 +76,8 @@ def evaluate(ckpt: Path, data_dir: str) -> dict[str, float]:
             net.gt_masks_at_test = True
             gt_feats.append(net(batch["image"], batch["mask"]))
             pred = net.parse(batch["image"])
-            gt = F.interpolate(batch["mask"][:, None].float(), size=pred.shape[-2:], mode="nearest")[:, 0].long()
+            # The target the head was trained on: the label map sampled as the model samples it.
+            gt = labels_to_grid(batch["mask"], tuple(pred.shape[-2:]), getattr(net, "grid_sampling", "corner"))
             hits, pixels = hits + int((pred == gt).sum()), pixels + gt.numel()
         pids.append(batch["pid"])
         cams.append(batch["camid"])
