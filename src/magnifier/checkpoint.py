@@ -173,17 +173,18 @@ def _network_state(path: Path, ckpt: Any) -> dict[str, torch.Tensor]:
     raise UserError(f"init_from={path}: no network weights in it; it must be {_PRODUCER} or a state dict")
 
 
-def init_network(net: torch.nn.Module, path: str | Path, trust_checkpoint: bool = False) -> str:
+def init_network(net: torch.nn.Module, path: str | Path, trust_checkpoint: bool = False, ckpt: Any = None) -> str:
     """Initialise ``net`` from the weights of another run (not a resume: no epoch, no optimiser).
 
     Every tensor whose name and shape match is copied. Classifier layers (names containing
     ``classifier``) of another size, or absent from the file, keep their fresh initialisation:
     fine-tuning on a dataset with another number of identities. Any other tensor of another
     shape means another architecture and is refused; layers the file lacks (a branch the other
-    run did not have) stay fresh and are named. Returns the one-line report.
+    run did not have) stay fresh and are named. Returns the one-line report. ``ckpt``: the file's
+    contents when the caller has read it already (it is large; read it once).
     """
     path = Path(path)
-    state = _network_state(path, read_checkpoint(path, trust_checkpoint))
+    state = _network_state(path, read_checkpoint(path, trust_checkpoint) if ckpt is None else ckpt)
     own = net.state_dict()
     fresh_classifiers, other_shape, absent = [], [], []
     loaded = {}
@@ -214,10 +215,10 @@ def init_network(net: torch.nn.Module, path: str | Path, trust_checkpoint: bool 
     return report
 
 
-def optimizer_state(path: str | Path, trust_checkpoint: bool = False) -> dict:
+def optimizer_state(path: str | Path, trust_checkpoint: bool = False, ckpt: Any = None) -> dict:
     """The first optimiser's state in a training checkpoint (Adam's moments and step counts)."""
     path = Path(path)
-    ckpt = read_checkpoint(path, trust_checkpoint)
+    ckpt = read_checkpoint(path, trust_checkpoint) if ckpt is None else ckpt
     states = ckpt.get("optimizer_states") if isinstance(ckpt, dict) else None
     if not states:
         raise UserError(f"init_optimizer=true but init_from={path} holds no optimiser state; "

@@ -56,15 +56,15 @@ def _check_attributes(cfg: DictConfig, datamodule) -> None:
 def _init_from(cfg: DictConfig, module, num_classes: int) -> None:
     """Weights (and with ``init_optimizer``, the optimiser's moments) of another run: a second
     training stage or fine-tuning; epochs, schedule and callbacks start fresh."""
-    from magnifier.checkpoint import init_network, optimizer_state
+    from magnifier.checkpoint import init_network, optimizer_state, read_checkpoint
 
     module.build(num_classes)
-    trust = cfg.get("trust_checkpoint", False)
-    report = init_network(module.net, cfg.init_from, trust)
+    ckpt = read_checkpoint(cfg.init_from, cfg.get("trust_checkpoint", False))  # once: weights and optimiser
+    report = init_network(module.net, cfg.init_from, ckpt=ckpt)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         print(report, flush=True)
     if cfg.get("init_optimizer", False):
-        module.start_optimizer_from(optimizer_state(cfg.init_from, trust))
+        module.start_optimizer_from(optimizer_state(cfg.init_from, ckpt=ckpt))
 
 
 def format_results(metrics: dict, best_ckpt: str | None) -> str:
