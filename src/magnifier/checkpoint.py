@@ -125,7 +125,7 @@ def load_network(
     if isinstance(hparams, dict) and isinstance(hparams.get("net"), dict) and "state_dict" in ckpt:
         cfg = copy.deepcopy(dict(hparams["net"]))
         num_classes = hparams.get("num_classes")
-        state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        state = _network_state(path, ckpt)
         data, epoch, step = hparams.get("data"), ckpt.get("epoch"), ckpt.get("global_step")
         _fill_old_defaults(cfg)
     elif model_cfg is not None and isinstance(ckpt, dict) and all(
