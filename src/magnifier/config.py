@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from magnifier.cluster import check_num_nodes
 from magnifier.errors import UserError
 
 
@@ -30,11 +32,17 @@ def _wandb_offline() -> bool:
 
 
 def register_resolvers() -> None:
-    """``${magnifier_root:}`` and ``${wandb_offline:}`` in the configs."""
+    """``${magnifier_root:}``, ``${wandb_offline:}``, ``${slurm_tasks:N}`` and ``${slurm_gpus:N}``
+    (the SLURM launcher's geometry from ``trainer.gpus``) in the configs."""
     if not OmegaConf.has_resolver("magnifier_root"):
         OmegaConf.register_new_resolver("magnifier_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", _wandb_offline)
+    if not OmegaConf.has_resolver("slurm_tasks"):
+        from magnifier.cluster import slurm_gpus_per_node, slurm_tasks_per_node
+
+        OmegaConf.register_new_resolver("slurm_tasks", slurm_tasks_per_node)
+        OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus_per_node)
 
 
 def _cuda_device_count() -> int:
@@ -43,18 +51,22 @@ def _cuda_device_count() -> int:
     return torch.cuda.device_count()
 
 
-def trainer_kwargs(trainer_cfg: DictConfig | dict, cuda_device_count=_cuda_device_count) -> dict[str, Any]:
+def trainer_kwargs(trainer_cfg: DictConfig | dict, cuda_device_count=_cuda_device_count,
+                   environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Map the ``trainer`` config onto ``pytorch_lightning.Trainer`` arguments.
 
     ``gpus`` is the Lightning-1 style switch users know (``trainer.gpus=4``): 0 or null leaves
     ``accelerator``/``devices`` as configured; N > 0 means accelerator gpu with N devices and,
     for N > 1, the DDP strategy with synchronised batch norm; -1 means every visible GPU. It is
-    checked against the visible CUDA devices before anything else runs.
+    checked against the visible CUDA devices before anything else runs, and ``num_nodes > 1``
+    against the launch environment (``environ``, default ``os.environ``): see
+    :func:`magnifier.cluster.check_num_nodes`.
     """
     cfg = OmegaConf.to_container(trainer_cfg, resolve=True) if isinstance(trainer_cfg, DictConfig) else dict(trainer_cfg)
     cfg.pop("_target_", None)
     gpus = cfg.pop("gpus", None)
     if gpus in (None, 0):
+        check_num_nodes(cfg.get("num_nodes"), cfg.get("devices"), environ)
         return cfg
     if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < -1:
         raise UserError(f"trainer.gpus={gpus} is not a GPU count; use an integer N >= 1, -1 for all GPUs, or 0")
@@ -74,4 +86,5 @@ def trainer_kwargs(trainer_cfg: DictConfig | dict, cuda_device_count=_cuda_devic
         if cfg.get("strategy", "auto") == "auto":
             cfg["strategy"] = "ddp"
         cfg["sync_batchnorm"] = True
+    check_num_nodes(cfg.get("num_nodes"), gpus, environ)
     return cfg

@@ -1,0 +1,129 @@
+"""Clusters without a cluster: the multi-node refusal, the SLURM job that the launcher would
+submit (sbatch replaced by a recorder), and a real submitit job run locally."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from magnifier.cluster import check_num_nodes, launch_environment, slurm_gpus_per_node, slurm_tasks_per_node
+from magnifier.config import trainer_kwargs
+from magnifier.errors import UserError
+
+from .conftest import compose, tiny_overrides
+
+ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+TORCHRUN = {"RANK": "0", "GROUP_RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "4"}
+SLURM = {"SLURM_NTASKS": "8", "SLURM_JOB_NAME": "train", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4(x2)"}
+
+
+def test_launch_environment_is_told_apart():
+    assert launch_environment({}) is None
+    assert launch_environment(SLURM) == "slurm"
+    assert launch_environment({**SLURM, "SLURM_JOB_NAME": "bash"}) is None  # an interactive shell
+    assert launch_environment(TORCHRUN) == "torchrun"
+    assert launch_environment({"MASTER_ADDR": "node0", "NODE_RANK": "1"}) == "manual"
+
+
+def test_several_nodes_without_a_launcher_are_refused_in_one_line():
+    with pytest.raises(UserError, match=r"trainer.num_nodes=2 but this process was not started by SLURM or torchrun") as err:
+        check_num_nodes(2, 4, environ={})
+    assert "\n" not in str(err.value)
+    check_num_nodes(1, 4, environ={})  # one machine needs nothing
+    check_num_nodes(2, 4, environ=TORCHRUN)
+    check_num_nodes(2, 4, environ=SLURM)
+    with pytest.raises(UserError, match="SLURM job has 2 nodes"):
+        check_num_nodes(3, 4, environ=SLURM)
+    with pytest.raises(UserError, match="SLURM starts 4 tasks per node"):
+        check_num_nodes(2, 2, environ=SLURM)
+    with pytest.raises(UserError, match="not a node count"):
+        check_num_nodes(0, 1, environ={})
+
+
+def test_trainer_kwargs_check_nodes_before_anything_runs():
+    base = {"gpus": 0, "accelerator": "cpu", "devices": 1, "num_nodes": 2}
+    with pytest.raises(UserError, match="num_nodes=2"):
+        trainer_kwargs(base, cuda_device_count=lambda: 0, environ={})
+    assert trainer_kwargs(base, cuda_device_count=lambda: 0, environ=TORCHRUN)["num_nodes"] == 2
+    gpu = {**base, "gpus": 4}
+    assert trainer_kwargs(gpu, cuda_device_count=lambda: 4, environ=SLURM)["devices"] == 4
+    with pytest.raises(UserError, match="num_nodes=2"):
+        trainer_kwargs(gpu, cuda_device_count=lambda: 4, environ={})
+
+
+def test_num_nodes_refusal_exits_2_before_reading_data(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "magnifier.train", "trainer.num_nodes=2", f"paths.data_dir={tmp_path / 'none'}",
+                          f"paths.log_dir={tmp_path}"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].startswith("error: trainer.num_nodes=2 but this process was not started")
+    assert not (tmp_path / "none").exists()  # the synthetic set was not built: no data was touched
+
+
+def test_slurm_geometry_follows_trainer_gpus():
+    assert slurm_tasks_per_node(4) == 4 and slurm_gpus_per_node(4) == 4
+    assert slurm_tasks_per_node(0) == 1 and slurm_gpus_per_node(0) is None
+    with pytest.raises(ValueError, match="give the GPUs per node"):
+        slurm_tasks_per_node(-1)
+
+
+def test_slurm_launcher_composes_the_issue_command(tmp_path):
+    cfg = compose(["hydra/launcher=slurm", "hydra.launcher.nodes=2", "trainer.gpus=4", "trainer.num_nodes=2",
+                   "experiment=duke_paper", "hydra.launcher.partition=gpu"], output_dir=str(tmp_path))
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert launcher.partition == "gpu" and launcher.cpus_per_task == cfg.dataset.num_workers
+    assert launcher.max_num_timeout > 0  # a job stopped at its time limit requeues
+    # Without hydra.launcher.nodes, the node count comes from trainer.num_nodes.
+    assert compose(["hydra/launcher=slurm", "trainer.num_nodes=3"], output_dir=str(tmp_path)).hydra.launcher.nodes == 3
+
+
+FAKE_SBATCH = """#!/bin/sh
+# Records the submission script instead of submitting it, then fails the submission.
+cp "$1" "{out}"
+echo "fake sbatch: recorded $1" >&2
+exit 1
+"""
+
+
+def test_slurm_launcher_writes_the_job_lightning_expects(tmp_path):
+    """The real launcher and submitit build the sbatch script; a stand-in sbatch keeps it."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = tmp_path / "job.sh"
+    (bindir / "sbatch").write_text(FAKE_SBATCH.format(out=script))
+    (bindir / "srun").write_text("#!/bin/sh\nexit 0\n")  # submitit looks for srun before it submits
+    for tool in ("sbatch", "srun"):
+        (bindir / tool).chmod(0o755)
+    env = {**ENV, "PATH": f"{bindir}:{ENV['PATH']}"}
+    subprocess.run([sys.executable, "-m", "magnifier.train", "-m", "hydra/launcher=slurm", "hydra.launcher.nodes=2",
+                    "trainer.gpus=4", "trainer.num_nodes=2", "experiment=duke_paper", "hydra.launcher.partition=gpu",
+                    "hydra.launcher.timeout_min=600", f"paths.log_dir={tmp_path / 'logs'}"],
+                   env=env, capture_output=True, text=True, timeout=300)
+    assert script.is_file(), "the launcher did not call sbatch"
+    text = script.read_text()
+    sbatch = dict(re.findall(r"^#SBATCH --([\w-]+)=?(\S*)", text, flags=re.M))
+    assert sbatch["nodes"] == "2" and sbatch["ntasks-per-node"] == "4" and sbatch["gpus-per-node"] == "4"
+    assert sbatch["partition"] == "gpu" and sbatch["time"] == "600" and sbatch["mem"] == "64GB"
+    assert sbatch["signal"] == "USR2@120"  # time to save before the limit
+    assert re.search(r"^srun .*submitit", text, flags=re.M)  # one task per GPU, started by srun
+
+
+def test_submitit_local_launcher_trains(tiny_data_dir, tmp_path):
+    """Hydra's submitit launcher, local executor: a real job that trains two steps."""
+    logs = tmp_path / "logs"
+    run = subprocess.run([sys.executable, "-m", "magnifier.train", "-m", "hydra/launcher=submitit_local",
+                          *tiny_overrides(tiny_data_dir), f"paths.log_dir={logs}", "logger=csv", "trainer.max_epochs=1",
+                          "+trainer.limit_train_batches=2", "test=false", "~callbacks.progress_bar"],
+                         env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    sweeps = list((logs / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    job = sweeps[0] / "0"
+    assert (job / "checkpoints" / "last.ckpt").is_file()
+    assert list((sweeps[0] / ".submitit").glob("*/*_log.out"))  # submitit ran it as a job
