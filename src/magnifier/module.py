@@ -39,6 +39,18 @@ def warmup_multistep(epoch: int, warmup_epochs: int, warmup_factor: float, miles
     return gamma ** bisect.bisect_right(list(milestones), epoch)
 
 
+def linear_scaled_lr(base_lr: float, global_batch: int, reference_batch: Any) -> float:
+    """The linear scaling rule (Goyal et al., 2017): ``base_lr`` was tuned for
+    ``reference_batch`` images a step; a step of ``global_batch`` images (every process's batch
+    together) takes ``base_lr * global_batch / reference_batch``."""
+    from magnifier.errors import UserError
+
+    if isinstance(reference_batch, bool) or not isinstance(reference_batch, (int, float)) or reference_batch <= 0:
+        raise UserError(f"optim.scale_lr=true needs optim.reference_batch > 0 (the batch base lr was tuned for, "
+                        f"64 in the paper), got {reference_batch!r}")
+    return base_lr * global_batch / reference_batch
+
+
 class ReIDModule(pl.LightningModule):
     """Trains a ReID network with a composite loss and evaluates query-vs-gallery retrieval.
 
@@ -183,6 +195,8 @@ class ReIDModule(pl.LightningModule):
         optim = self.hparams.optim
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = instantiate(optim["optimizer"])(params=params)
+        if optim.get("scale_lr", False):
+            self._scale_lr(optimizer, optim.get("reference_batch"))
         sched = dict(optim["scheduler"])
         step_at, start_epoch = sched.get("step_at", "end"), int(sched.get("start_epoch", 0))
         schedule_epoch(0, step_at, start_epoch)  # a bad step_at fails here, not mid-epoch
@@ -192,3 +206,21 @@ class ReIDModule(pl.LightningModule):
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def _scale_lr(self, optimizer: torch.optim.Optimizer, reference_batch: Any) -> None:
+        """``optim.scale_lr``: every parameter group's lr times global batch / reference batch
+        (:func:`linear_scaled_lr`), before the scheduler records it as its base; logged once."""
+        from magnifier.errors import UserError
+
+        datamodule = self.trainer.datamodule
+        if getattr(datamodule, "batch_size", None) is None:
+            raise UserError("optim.scale_lr=true needs a data module with a batch_size (dataset.batch_size)")
+        global_batch = int(datamodule.batch_size) * self.trainer.world_size
+        base_lr = optimizer.param_groups[0]["lr"]
+        lr = linear_scaled_lr(base_lr, global_batch, reference_batch)
+        for group in optimizer.param_groups:
+            group["lr"] = linear_scaled_lr(group["lr"], global_batch, reference_batch)
+        log.info("optim.scale_lr: base lr %g x global batch %d (%d per process x %d processes) / reference batch %s "
+                 "= lr %g", base_lr, global_batch, datamodule.batch_size, self.trainer.world_size, reference_batch, lr)
+        for logger in self.trainer.loggers:
+            logger.log_hyperparams({"optim/effective_lr": lr, "optim/global_batch": global_batch})

@@ -5,7 +5,7 @@ from .composite import ReIDLoss
 from .diversity import semantic_diversity_loss
 from .identity import cross_entropy_label_smooth
 from .parsing import class_balanced_parsing_loss
-from .triplet import batch_hard_triplet_loss, pairwise_euclidean
+from .triplet import batch_hard_triplet_loss, gathered_batch_hard_triplet_loss, pairwise_euclidean
 
 __all__ = [
     "ReIDLoss",
@@ -13,6 +13,7 @@ __all__ = [
     "batch_hard_triplet_loss",
     "class_balanced_parsing_loss",
     "cross_entropy_label_smooth",
+    "gathered_batch_hard_triplet_loss",
     "pairwise_euclidean",
     "semantic_diversity_loss",
 ]

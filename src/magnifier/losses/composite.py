@@ -11,7 +11,7 @@ from .attributes import attribute_bce_loss
 from .diversity import semantic_diversity_loss
 from .identity import cross_entropy_label_smooth
 from .parsing import class_balanced_parsing_loss
-from .triplet import batch_hard_triplet_loss
+from .triplet import batch_hard_triplet_loss, gathered_batch_hard_triplet_loss
 
 
 class ReIDLoss(nn.Module):
@@ -33,6 +33,13 @@ class ReIDLoss(nn.Module):
     when the model has the attribute branch).
 
     The ``region`` entry reported is sum_i beta_i * region_i (what the weight multiplies).
+
+    ``triplet_gather=True`` mines both triplet terms (``triplet``, ``sfb_triplet``) across ranks
+    in a distributed run: each local anchor's hardest positive and negative are sought among the
+    embeddings of every rank (:func:`~magnifier.losses.triplet.gathered_batch_hard_triplet_loss`),
+    and after DDP's gradient average the update is the one of a single process on the whole global
+    batch. The reported ``triplet``, ``sfb_triplet`` and ``triplet_acc`` are then this rank's
+    anchors' mean. Without a process group, or with one rank, it changes nothing.
     """
 
     def __init__(
@@ -48,9 +55,11 @@ class ReIDLoss(nn.Module):
         sfb_triplet_weight: float = 0.0,
         diversity_weight: float = 0.0,
         attribute_weight: float = 0.0,
+        triplet_gather: bool = False,
     ):
         super().__init__()
         self.label_smoothing, self.margin = label_smoothing, margin
+        self._triplet = gathered_batch_hard_triplet_loss if triplet_gather else batch_hard_triplet_loss
         self.weights = {
             "id": id_weight,
             "triplet": triplet_weight,
@@ -89,7 +98,7 @@ class ReIDLoss(nn.Module):
         if w["id"]:
             terms["id"] = self._id(outputs["global_logits"], pids)
         if w["triplet"]:
-            terms["triplet"], terms["triplet_acc"] = batch_hard_triplet_loss(outputs["global_feat"], pids, self.margin)
+            terms["triplet"], terms["triplet_acc"] = self._triplet(outputs["global_feat"], pids, self.margin)
         if w["parsing"] and "parsing_logits" in outputs:
             terms["parsing"] = class_balanced_parsing_loss(outputs["parsing_logits"], outputs["parsing_target"])
         if w["srb"] and "srb_logits" in outputs:
@@ -101,7 +110,7 @@ class ReIDLoss(nn.Module):
         if w["sfb"] and "sfb_logits" in outputs:
             terms["sfb"] = self._id(outputs["sfb_logits"], pids)
         if w["sfb_triplet"] and "sfb_feat" in outputs:
-            terms["sfb_triplet"], _ = batch_hard_triplet_loss(outputs["sfb_feat"], pids, self.margin)
+            terms["sfb_triplet"], _ = self._triplet(outputs["sfb_feat"], pids, self.margin)
         if w["diversity"] and "sfb_region_feats" in outputs:
             terms["diversity"] = semantic_diversity_loss(outputs["sfb_region_feats"])
         if w["attribute"] and "attr_logits" in outputs:
