@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -76,9 +77,41 @@ def format_results(metrics: dict, best_ckpt: str | None) -> str:
     return f"{head}\n{row}\nbest checkpoint: {best_ckpt or '(none saved)'}"
 
 
+def _is_global_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
 @exit_on_user_error
 def train(cfg: DictConfig) -> dict:
-    """Fit and test as the config says; returns the final metrics (``val/...`` and ``test/...``)."""
+    """Fit and test as the config says; returns the final metrics (``val/...`` and ``test/...``).
+
+    Whatever the outcome, the first process writes ``results.json`` (status, metrics, run time)
+    into the run folder: the row of this run in a sweep's results table (magnifier.results).
+    """
+    from magnifier.results import write_run_results
+
+    start, state = time.perf_counter(), {"metrics": {}, "best": None}
+    output_dir = (cfg.get("paths") or {}).get("output_dir")
+    status, error = "failed", None
+    try:
+        metrics = _train(cfg, state)
+        status = "finished"
+        return metrics
+    except UserError as err:
+        error = str(err)
+        raise
+    except KeyboardInterrupt:
+        status, error = "stopped", "interrupted (SIGINT)"
+        raise
+    except BaseException as err:
+        error = f"{type(err).__name__}: {err}".strip().splitlines()[0] if str(err) else type(err).__name__
+        raise
+    finally:
+        if output_dir and _is_global_zero():
+            write_run_results(output_dir, status, state["metrics"], time.perf_counter() - start, state["best"], error)
+
+
+def _train(cfg: DictConfig, state: dict) -> dict:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
@@ -131,6 +164,7 @@ def train(cfg: DictConfig) -> dict:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=weights_only)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+        state.update(metrics=metrics, best=best)
         if cfg.get("test", True) and not kwargs.get("fast_dev_run"):
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=weights_only)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})

@@ -1,0 +1,148 @@
+"""The results table of a sweep: one row per run, rebuilt from the run folders.
+
+Every training run writes ``results.json`` into its folder when it ends (finished, failed, or
+stopped by a signal); a run that was killed outright leaves none and shows as ``incomplete``.
+At the end of every multirun (grid or Optuna) :class:`ResultsTableCallback`, a Hydra callback,
+prints the table and writes ``results.csv`` and ``results.md`` into the sweep folder, and
+
+    python -m magnifier.results <sweep folder>
+
+rebuilds them at any time, also for a sweep that crashed half-way or is still running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+#: File each run writes into its output folder.
+RUN_RESULTS = "results.json"
+#: Metric columns, in percent: validation and test rank-1, mAP, mINP.
+METRIC_COLUMNS = [f"{split}/{key}" for split in ("val", "test") for key in ("rank1", "mAP", "mINP")]
+COLUMNS = ["run", "overrides", *METRIC_COLUMNS, "time_min", "status", "folder"]
+
+
+def write_run_results(output_dir: str | Path, status: str, metrics: dict[str, float], runtime_s: float,
+                      best_checkpoint: str | None = None, error: str | None = None) -> Path:
+    """Write a run's ``results.json``: status (finished | failed | stopped), final metrics, run time."""
+    path = Path(output_dir) / RUN_RESULTS
+    body = {"status": status, "metrics": {k: float(v) for k, v in metrics.items()}, "runtime_s": float(runtime_s),
+            "best_checkpoint": best_checkpoint, "error": error}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(body, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    import yaml
+
+    path = run_dir / ".hydra" / "overrides.yaml"
+    return [str(o) for o in (yaml.safe_load(path.read_text()) or [])] if path.is_file() else []
+
+
+def _runtime_s(run_dir: Path) -> float:
+    """Elapsed time of a run without results: from its config to its newest file."""
+    start = (run_dir / ".hydra").stat().st_mtime if (run_dir / ".hydra").is_dir() else run_dir.stat().st_mtime
+    newest = max((p.stat().st_mtime for p in run_dir.rglob("*") if p.is_file()), default=start)
+    return max(newest - start, 0.0)
+
+
+def run_folders(sweep_dir: Path) -> list[Path]:
+    """The runs of a sweep: sub-folders holding a ``.hydra`` config, in job order."""
+    runs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra" / "overrides.yaml").is_file()]
+    return sorted(runs, key=lambda p: (0, int(p.name)) if p.name.isdigit() else (1, p.name))
+
+
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per run of ``sweep_dir``; only the overrides that differ between runs are shown
+    (all of them for a single run), so the column names what the sweep varied."""
+    sweep_dir = Path(sweep_dir)
+    runs = run_folders(sweep_dir)
+    overrides = [_overrides(r) for r in runs]
+    common = set.intersection(*(set(o) for o in overrides)) if len(runs) > 1 else set()
+    rows = []
+    for run, ovr in zip(runs, overrides):
+        path = run / RUN_RESULTS
+        result = json.loads(path.read_text()) if path.is_file() else {}
+        metrics = result.get("metrics", {})
+        row: dict[str, Any] = {"run": run.name, "overrides": " ".join(o for o in ovr if o not in common)}
+        for key in METRIC_COLUMNS:
+            row[key] = 100 * metrics[key] if key in metrics else math.nan
+        seconds = result.get("runtime_s", _runtime_s(run))
+        row.update(time_min=seconds / 60, status=result.get("status", "incomplete"), folder=str(run))
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.2f}"
+    return str(value)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_table(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], str]:
+    """Build the table of ``sweep_dir`` and write ``results.csv`` and ``results.md`` into it."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    with open(sweep_dir / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: _cell(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    text = markdown(rows)
+    (sweep_dir / "results.md").write_text(text + "\n")
+    return rows, text
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - Hydra < 1.1
+    _HydraCallback = object
+
+
+class ResultsTableCallback(_HydraCallback):
+    """Hydra callback: the results table at the end of every multirun (``hydra.callbacks``)."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return
+        rows, text = write_table(sweep_dir)
+        if rows:
+            print(f"\nsweep results ({len(rows)} runs, %), also in {sweep_dir}/results.csv and results.md:\n{text}",
+                  flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m magnifier.results",
+                                     description="Rebuild a sweep's results table from its run folders.")
+    parser.add_argument("sweep_dir", help="the multirun folder, e.g. logs/train/multiruns/<date>_<time>")
+    args = parser.parse_args(argv)
+    sweep_dir = Path(args.sweep_dir)
+    if not sweep_dir.is_dir():
+        print(f"error: {sweep_dir}: no such folder; give a multirun folder such as logs/train/multiruns/<date>_<time>",
+              file=sys.stderr)
+        return 2
+    rows, text = write_table(sweep_dir)
+    if not rows:
+        print(f"error: {sweep_dir} holds no runs (sub-folders with .hydra/overrides.yaml); is it a multirun folder?",
+              file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
