@@ -2,19 +2,84 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 
 
-class WandbLogger(_LightningWandbLogger):
-    """Lightning's W&B logger without the deprecated ``anonymous`` init argument.
+def _hydra_job() -> Any:
+    """Hydra's config of the running job, or None outside a Hydra app (a plain script)."""
+    from hydra.core.hydra_config import HydraConfig
 
-    Lightning always passes ``anonymous``, which makes wandb >= 0.19 print a warning on every
-    run; dropping it keeps the console to what matters. Offline runs need no account.
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def run_identity(task: str | None, hydra_job: Any = None) -> dict[str, Any]:
+    """W&B ``group``, ``job_type`` and ``name`` of a run, from Hydra's view of the job.
+
+    - group: under a multirun (``-m``, any launcher or sweeper), ``<task>-<sweep folder name>``,
+      e.g. ``train-2024-05-01_12-00-00``: the same for every run of the sweep, one per sweep folder
+      (where its runs are written), readable in the group list, and without a "/" (group names
+      go into W&B's page addresses); None otherwise.
+    - job_type: when training, the model choice (``model=baseline`` gives ``baseline``; an
+      experiment preset gives the model it selects); for other tasks, the task (``evaluate``),
+      since their network comes from a checkpoint, not from the model group.
+    - name: in a sweep, ``<job_type>-<job number>`` (``baseline-0``); otherwise None (W&B's own).
+    """
+    from hydra.types import RunMode
+
+    job = hydra_job if hydra_job is not None else _hydra_job()
+    if job is None:
+        return {"group": None, "job_type": task, "name": None}
+    task = task or job.job.name
+    choices = job.runtime.choices
+    job_type = (choices.get("model") if task == "train" else None) or task
+    if job.mode != RunMode.MULTIRUN:
+        return {"group": None, "job_type": job_type, "name": None}
+    return {"group": f"{task}-{Path(str(job.sweep.dir)).name}", "job_type": job_type,
+            "name": f"{job_type}-{job.job.num}"}
+
+
+class WandbLogger(_LightningWandbLogger):
+    """Lightning's W&B logger, set up for sweeps and offline runs.
+
+    - ``group``/``job_type``/``name`` left None are derived from the Hydra job (:func:`run_identity`):
+      the runs of one multirun share a group named after the sweep, job type = model.
+    - The config goes up flat (``optim/optimizer/lr``, ``model/backbone/name``), one column per key in the
+      runs table, so that it can be filtered and grouped on.
+    - ``log_model=true`` uploads the best checkpoint (the callbacks that monitor a metric,
+      ``val/mAP``) when fit ends, also offline: the artifact is recorded in the run and goes
+      up with ``wandb sync``. ``log_model=all`` uploads every checkpoint saved, last.ckpt included.
+    - Lightning always passes ``anonymous``, which makes wandb >= 0.19 warn on every run; it is
+      dropped. Offline runs need no account.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, task: str | None = None, offline: bool = False, **kwargs):
+        derived = run_identity(task)
+        for key, value in derived.items():
+            if kwargs.get(key) is None:
+                kwargs[key] = value
+        # Lightning refuses log_model offline, although an offline run records artifacts and
+        # `wandb sync` uploads them: ask wandb itself for an offline run instead.
+        super().__init__(*args, offline=False, **kwargs)
+        if offline:
+            self._wandb_init["mode"] = "offline"
         self._wandb_init.pop("anonymous", None)
+
+    def log_hyperparams(self, params) -> None:
+        from lightning_fabric.utilities.logger import _convert_params, _flatten_dict
+
+        # {"optim": {"lr": 3e-4}} -> {"optim/lr": 3e-4}: "/" as in the metric names; a "." would
+        # read as nesting in W&B's run filters. Lists of numbers stay values.
+        super().log_hyperparams(_flatten_dict(_convert_params(params), delimiter="/"))
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        # With log_model=true only the best checkpoint goes up: a callback without a metric
+        # (last.ckpt) would otherwise take the artifact's "best" alias.
+        if self._log_model is True and getattr(checkpoint_callback, "monitor", None) is None:
+            return
+        super().after_save_checkpoint(checkpoint_callback)
 
 
 def finish_wandb(loggers: list) -> None:
