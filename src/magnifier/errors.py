@@ -16,10 +16,21 @@ class UserError(Exception):
     """A problem the user can fix (what was wrong, where, how to fix it), shown as one line."""
 
 
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:  # pragma: no cover
+        return False
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def exit_on_user_error(fn: F) -> F:
     """Wrap an entry point so a :class:`UserError` prints ``error: ...`` and exits with code 2.
 
-    Anything else is a bug and keeps its traceback.
+    Anything else is a bug and keeps its traceback. Inside a Hydra multirun the error line is
+    printed and the exception raised on, so that Hydra marks this one run failed (and the Optuna
+    sweeper records a failed trial) while the sweep goes on.
     """
 
     @functools.wraps(fn)
@@ -28,6 +39,8 @@ def exit_on_user_error(fn: F) -> F:
             return fn(*args, **kwargs)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
+            if _in_multirun():
+                raise
             sys.exit(USER_ERROR_EXIT_CODE)
 
     return wrapper  # type: ignore[return-value]

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,12 +99,16 @@ def write_table(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], str]:
     """Build the table of ``sweep_dir`` and write ``results.csv`` and ``results.md`` into it."""
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
-    with open(sweep_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: _cell(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({k: _cell(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
     text = markdown(rows)
-    (sweep_dir / "results.md").write_text(text + "\n")
+    # Runs of a parallel sweep end at the same time: each file is replaced whole, never half-written.
+    for name, body in (("results.csv", buffer.getvalue()), ("results.md", text + "\n")):
+        tmp = sweep_dir / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(body)
+        tmp.replace(sweep_dir / name)
     return rows, text
 
 
@@ -114,6 +120,16 @@ except ImportError:  # pragma: no cover - Hydra < 1.1
 
 class ResultsTableCallback(_HydraCallback):
     """Hydra callback: the results table at the end of every multirun (``hydra.callbacks``)."""
+
+    def on_job_end(self, config, job_return=None, **kwargs) -> None:
+        """After each run of a multirun, so that a sweep that dies half-way still has its table."""
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            if sweep_dir.is_dir():
+                write_table(sweep_dir)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
