@@ -118,6 +118,7 @@ class ReIDModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         outputs = self.net(self._images(batch), batch.get("mask"))
         terms = self.criterion(outputs, batch["pid"], batch.get("attributes"))
+        self.last_terms = terms  # read by StopOnNonFiniteLoss to name a term that turned NaN
         n = batch["image"].shape[0]
         for name, value in terms.items():
             self.log(f"train/{name}", value.detach(), batch_size=n, prog_bar=name == "loss")

@@ -68,6 +68,42 @@ def _init_from(cfg: DictConfig, module, num_classes: int) -> None:
         module.start_optimizer_from(optimizer_state(cfg.init_from, ckpt=ckpt))
 
 
+def _resume_checkpoint(cfg: DictConfig) -> tuple[str | None, str]:
+    """The checkpoint this run continues from (``ckpt_path``, ``resume``: magnifier.resume)."""
+    from magnifier.resume import resolve_checkpoint
+
+    overrides: list[str] = []
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:
+        pass
+    paths = cfg.get("paths") or {}
+    task_dir = Path(paths["log_dir"]) / str(cfg.get("task_name", "train")) if paths.get("log_dir") else None
+    return resolve_checkpoint(cfg.get("ckpt_path"), cfg.get("resume"), paths.get("output_dir"), task_dir, overrides)
+
+
+def _loggers(cfg: DictConfig, ckpt_path: str | None) -> list:
+    """The configured loggers; a resumed run continues its W&B run (same id) when it had one."""
+    from hydra.utils import instantiate
+
+    wandb_id = None
+    if ckpt_path:
+        from magnifier.checkpoint import read_checkpoint
+        from magnifier.resilience import wandb_id_from_checkpoint
+
+        wandb_id = wandb_id_from_checkpoint(read_checkpoint(ckpt_path, cfg.get("trust_checkpoint", False)))
+    loggers = []
+    for name, c in (cfg.get("logger") or {}).items():
+        if name == "wandb" and wandb_id:
+            loggers.append(instantiate(c, id=wandb_id, resume="allow"))
+        else:
+            loggers.append(instantiate(c))
+    return loggers
+
+
 def format_results(metrics: dict, best_ckpt: str | None) -> str:
     """The closing table: rank-1/5/10, mAP, mINP in percent, and the best checkpoint's path."""
     from magnifier.module import METRIC_KEYS
@@ -103,6 +139,16 @@ def train(cfg: DictConfig) -> dict:
     except KeyboardInterrupt:
         status, error = "stopped", "interrupted (SIGINT)"
         raise
+    except SystemExit as err:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        from magnifier.resilience import SIGTERM_EXIT_CODE
+
+        if not isinstance(err, SIGTERMException):
+            raise
+        # Lightning stopped at a batch boundary; CheckpointOnSignal saved last.ckpt.
+        status, error = "stopped", "SIGTERM"
+        sys.exit(SIGTERM_EXIT_CODE)
     except BaseException as err:
         error = f"{type(err).__name__}: {err}".strip().splitlines()[0] if str(err) else type(err).__name__
         raise
@@ -118,13 +164,15 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     from magnifier.data.dataset import LabelMapError
     from magnifier.distributed import close_process_group
     from magnifier.module import ReIDModule
+    from magnifier.resilience import AtomicCheckpointIO
 
     # The GPU check comes before any data is touched: a wrong trainer.gpus fails in a second.
     kwargs = trainer_kwargs(cfg.trainer)
     _check_logger(cfg)
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-    if cfg.get("init_required") and not cfg.get("init_from") and not cfg.get("ckpt_path"):
+    ckpt_path, why = _resume_checkpoint(cfg)
+    if why and _is_global_zero():
+        print(why, flush=True)
+    if cfg.get("init_required") and not cfg.get("init_from") and not ckpt_path:
         raise UserError("this recipe continues a previous stage: add init_from=<its checkpoint>, "
                         "e.g. init_from=logs/train/runs/<run>/checkpoints/last.ckpt")
     if cfg.get("init_from") and not Path(cfg.init_from).is_file():
@@ -150,18 +198,19 @@ def _train(cfg: DictConfig, state: dict) -> dict:
         net=container["model"], loss=container["loss"], optim=container["optim"],
         channels_last=cfg.get("channels_last", False), data=data,
     )
-    if cfg.get("init_from") and not cfg.get("ckpt_path"):  # a resume restores everything itself
+    if cfg.get("init_from") and not ckpt_path:  # a resume restores everything itself
         _init_from(cfg, module, datamodule.num_classes)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer = pl.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False)
+    loggers = _loggers(cfg, ckpt_path)
+    # Checkpoint files are replaced atomically: a kill while saving never breaks last.ckpt.
+    trainer = pl.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     for logger in loggers:
         logger.log_hyperparams(container)
 
     weights_only = not cfg.get("trust_checkpoint", False)
     try:
         if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=weights_only)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=weights_only)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
         state.update(metrics=metrics, best=best)

@@ -226,6 +226,9 @@ class ReIDDataModule(pl.LightningDataModule):
         self.eval_set = _QueryGallery(self.query_set, self.gallery_set)
 
     # -- loaders ------------------------------------------------------------------------------
+    # The training loader is resumable (ResumableLoader): a checkpoint saved mid-epoch records
+    # how far the epoch went, and a resumed run starts there, with the same images and
+    # augmentations (each sample's augmentation is seeded from the sampler, not from the worker).
     def _loader_kwargs(self) -> dict:
         return {
             "num_workers": self.num_workers,
@@ -236,17 +239,48 @@ class ReIDDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         sampler = RandomIdentitySampler(
             self.train_set.pids, num_instances=self.num_instances, batch_size=self.batch_size, seed=self.seed,
-            epoch_mode=self.sampler_epoch,
+            epoch_mode=self.sampler_epoch, with_seeds=True,
         )
-        return DataLoader(
-            self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True, **self._loader_kwargs()
+        return ResumableLoader(
+            self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+            consumed=self._batches_consumed, generator=torch.Generator().manual_seed(self.seed or 0),
+            **self._loader_kwargs(),
         )
+
+    def _batches_consumed(self) -> int:
+        """Training batches the fit loop has taken from the loader this epoch."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.eval_set, batch_size=self.test_batch_size, shuffle=False, **self._loader_kwargs())
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, checkpointed by Lightning with the run (it has ``state_dict`` and
+    ``load_state_dict``, Lightning's "stateful loader" protocol).
+
+    Its state is the sampler's epoch and the number of batches the training loop has consumed
+    (``consumed()``); restoring it makes the sampler skip those batches when that epoch is
+    iterated again (:meth:`RandomIdentitySampler.resume_at`). Its own ``generator`` keeps the
+    workers' base seed off PyTorch's global random state, which the checkpoint restores.
+    """
+
+    def __init__(self, *args, consumed=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._consumed = consumed or (lambda: 0)
+
+    def state_dict(self) -> dict:
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches": int(self._consumed())}
+
+    def load_state_dict(self, state: dict) -> None:
+        if hasattr(self.sampler, "resume_at"):
+            self.sampler.resume_at(state["epoch"], state["batches"])
 
 
 class _QueryGallery(ConcatDataset):

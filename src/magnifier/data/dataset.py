@@ -103,7 +103,13 @@ class ReIDImageDataset(Dataset):
         k = group.index(index)
         return group[k + 1:] + group[:k]
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        """``index``, or ``(index, seed)`` to seed this sample's augmentation (see
+        ``RandomIdentitySampler(with_seeds=True)``)."""
+        if isinstance(index, tuple):
+            index, seed = index
+            if hasattr(self.transform, "set_random_seed"):  # albumentations' Compose
+                self.transform.set_random_seed(int(seed))
         rec, replaced = self.records[index], False
         try:
             image, label = self._decode(rec)

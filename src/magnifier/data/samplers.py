@@ -135,6 +135,11 @@ class RandomIdentitySampler(DistributedSampler):
         epoch_mode: epoch definition, ``"pad"`` (pad leftover chunks, fixed epoch length) or
             ``"drop"`` (the authors' definition: drop leftovers, stop when fewer than
             ``P * W`` identities have chunks).  Not the epoch number (see :meth:`set_epoch`).
+        with_seeds: yield ``(index, seed)`` pairs instead of indices: ``seed`` (from
+            :meth:`sample_seeds`) seeds the augmentation of that sample, so a sample's
+            augmentation depends on ``(seed, epoch, position)`` alone, whichever loader worker
+            draws it and however many workers there are, and an epoch resumed half-way
+            (:meth:`resume_at`) sees exactly the images and augmentations it would have seen.
     """
 
     def __init__(
@@ -146,6 +151,7 @@ class RandomIdentitySampler(DistributedSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
         epoch_mode: str = "pad",
+        with_seeds: bool = False,
     ) -> None:
         # Deliberately not DistributedSampler.__init__ (needs a process group).
         Sampler.__init__(self)
@@ -184,6 +190,8 @@ class RandomIdentitySampler(DistributedSampler):
         # "drop": n // K chunks, or 1 for an identity resampled up to K images.
         self._drop_chunks_per_id = np.where(counts < num_instances, 1, counts // num_instances)
         self.epoch_mode = epoch_mode
+        self.with_seeds = bool(with_seeds)
+        self._resume: tuple[int, int] | None = None
         self._drop_cache: tuple[tuple[int, int, int], np.ndarray] | None = None
 
         self.pids = pid_array
@@ -409,12 +417,32 @@ class RandomIdentitySampler(DistributedSampler):
                 schedule[step, slot] = chunk
         return schedule
 
-    def __iter__(self) -> Iterator[int]:
+    def sample_seeds(self, shape: tuple[int, ...]) -> np.ndarray:
+        """One augmentation seed per slot of this epoch's global schedule (``shape``), a function
+        of ``(seed, epoch, slot)`` only: the same on every rank, for any number of loader workers."""
+        mask = (1 << 64) - 1
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed & mask, self.epoch & mask, 1]))
+        return rng.integers(0, 2**32, size=shape, dtype=np.int64)
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Make the next pass over ``epoch`` start after its first ``batches`` batches (a run
+        resumed from a checkpoint saved mid-epoch); a pass over any other epoch is whole."""
+        self._resume = (int(epoch), int(batches))
+
+    def __iter__(self) -> Iterator:
         world, rank = self.num_replicas, self.rank
         self._validate_rank(world, rank)
         p = self.num_pids_per_batch
-        local = self.global_schedule()[:, rank * p : (rank + 1) * p]
-        return iter(local.reshape(-1).tolist())
+        schedule = self.global_schedule()
+        local = schedule[:, rank * p : (rank + 1) * p].reshape(-1)
+        skip = 0
+        resume, self._resume = getattr(self, "_resume", None), None
+        if resume is not None and resume[0] == self.epoch:
+            skip = min(resume[1] * self.batch_size, len(local))
+        if not self.with_seeds:
+            return iter(local[skip:].tolist())
+        seeds = self.sample_seeds(schedule.shape)[:, rank * p : (rank + 1) * p].reshape(-1)
+        return iter(zip(local[skip:].tolist(), seeds[skip:].tolist()))
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,256 @@
+"""Runs that lose nothing: atomic checkpoints, a save on SIGTERM (and on the SLURM launcher's
+pre-emption signal, followed by a requeue), the run's random state and W&B run id in every
+checkpoint, and a stop with one line when the loss turns NaN.
+
+What each piece guards against:
+
+* :class:`AtomicCheckpointIO` (a Lightning CheckpointIO plugin): a kill while a checkpoint is
+  written. The file is written under a temporary name, flushed to disk (fsync) and renamed over
+  the old one, so ``last.ckpt`` is always either the previous checkpoint or the new one.
+* :class:`CheckpointOnSignal`: SIGTERM, which SLURM sends before pre-emption or at the time
+  limit. Lightning turns it into a ``SIGTERMException`` at the next batch, on every rank at the
+  same batch; this callback then saves ``last.ckpt`` (all ranks take part, as in any save). Under
+  Hydra's submitit launcher, the pre-emption signal (USR2) goes the same way, after which
+  submitit requeues the job; the requeued job finds ``last.ckpt`` in its own folder and resumes.
+* :class:`RunState`: a resumed run that differs from the one it continues. Every checkpoint
+  holds the random states (PyTorch, CUDA, NumPy, Python) as they were when it was saved, and
+  they are put back just before the first batch after the resume; with the resumable training
+  loader (``magnifier.data.datamodule.ResumableLoader``) the resumed run sees the same batches
+  and augmentations, and with ``trainer.deterministic=true`` ends with the same weights as a run
+  that was never stopped. It also keeps the W&B run id, so the resumed run continues the same
+  dashboard run.
+* :class:`StopOnNonFiniteLoss`: training on garbage. A loss that is NaN or infinite stops the
+  run before the update, naming the term, the step and the checkpoint kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from magnifier.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a run stopped by SIGTERM after saving (128 + SIGTERM, the shell convention).
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+
+
+# -- atomic checkpoint files ---------------------------------------------------------------------
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems do not open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
+
+    Leftover temporary files of earlier, killed saves of the same file are removed first.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint IO, with local files replaced atomically (see module doc).
+    Remote paths (``s3://`` and the like) keep Lightning's own writer."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options, got {storage_options!r}")
+        atomic_torch_save(checkpoint, path)
+
+
+# -- random state and W&B run id -----------------------------------------------------------------
+def capture_rng() -> dict[str, Any]:
+    """The random states a training step draws from: PyTorch (CPU and every CUDA device),
+    NumPy's global generator and Python's ``random``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # Tensors and plain numbers only: checkpoints are read weights-only, which refuses NumPy arrays.
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _wandb_id(trainer: pl.Trainer) -> str | None:
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            return str(logger.version) if logger.version else None
+    return None
+
+
+class RunState(Callback):
+    """Saves the random state and the W&B run id with every checkpoint; on resume, restores the
+    random state just before the first training batch (after the loaders have started, so that
+    nothing in between draws from it)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+        self.wandb_id: str | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = getattr(self, "_trainer", None)
+        return {"rng": capture_rng(), "wandb_id": _wandb_id(trainer) if trainer is not None else self.wandb_id}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict.get("rng")
+        self.wandb_id = state_dict.get("wandb_id")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._pending is not None:
+            restore_rng(self._pending)
+            self._pending = None
+
+
+def wandb_id_from_checkpoint(ckpt: dict[str, Any]) -> str | None:
+    """The W&B run id a checkpoint was saved from (by :class:`RunState`), if any."""
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith("RunState") and isinstance(state, dict):
+            return state.get("wandb_id")
+    return None
+
+
+# -- SIGTERM and pre-emption ---------------------------------------------------------------------
+class CheckpointOnSignal(Callback):
+    """On SIGTERM during training: save ``<dirpath>/<filename>.ckpt`` at the next batch boundary,
+    then let the run stop (see module doc). Under the submitit launcher, USR2 (pre-emption or the
+    time limit) does the same and then hands over to submitit, which requeues the job.
+
+    Args:
+        dirpath: the run's checkpoint folder.
+        filename: the checkpoint's name without ``.ckpt`` (``last``, which a resume reads).
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last") -> None:
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+        self.saved: Path | None = None
+        self._requeue: tuple[Any, ...] | None = None
+        self._previous_usr2: Any = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # submitit installs its requeue handler on USR2 before the job runs (SUBMITIT_EXECUTOR
+        # names the executor); route the signal through Lightning's SIGTERM handling first.
+        handler = signal.getsignal(signal.SIGUSR2)
+        if os.environ.get("SUBMITIT_EXECUTOR") and callable(handler):
+            self._previous_usr2 = handler
+            signal.signal(signal.SIGUSR2, self._on_usr2)
+
+    def _on_usr2(self, signum, frame) -> None:
+        self._requeue = (signum, frame)
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning stops every rank at the same batch
+
+    def _restore_usr2(self) -> None:
+        if self._previous_usr2 is not None:
+            signal.signal(signal.SIGUSR2, self._previous_usr2)
+            self._previous_usr2 = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_usr2()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        trainer.save_checkpoint(self.path)
+        self.saved = self.path
+        if trainer.is_global_zero:
+            print(f"SIGTERM: saved {self.path} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                  f"continue with ckpt_path={self.path}", flush=True)
+        requeue, self._requeue = self._requeue, None
+        previous = self._previous_usr2
+        self._restore_usr2()
+        if requeue is not None and previous is not None:
+            previous(*requeue)  # submitit: requeue this job (rank 0) and exit
+
+
+# -- NaN ------------------------------------------------------------------------------------------
+class NonFiniteLossError(UserError):
+    """The loss became NaN or infinite; raised before the update is applied."""
+
+
+def newest_checkpoint(trainer: pl.Trainer) -> Path | None:
+    """The newest checkpoint file the run's ModelCheckpoint callbacks have written, if any."""
+    paths = []
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint):
+            paths += [Path(p) for p in (cb.best_model_path, cb.last_model_path) if p]
+    existing = [p for p in paths if p.is_file()]
+    return max(existing, key=lambda p: p.stat().st_mtime) if existing else None
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stop training at the first NaN or infinite loss, before the update (``on_before_backward``),
+    with one line: the terms that are not finite, the step, and the last good checkpoint.
+
+    The check reads one scalar from the device each step (under DDP, all ranks agree first, so
+    they stop at the same step). ``trainer.detect_anomaly=true`` remains the tool to find the
+    operation that produced the NaN.
+    """
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        terms = getattr(pl_module, "last_terms", None) or {}
+        named = [f"train/{k}={float(v.detach().float().sum()):g}" for k, v in terms.items()
+                 if torch.is_tensor(v) and not math.isfinite(float(v.detach().float().sum()))]
+        what = ", ".join(named) if named else f"train/loss={float(loss.detach().float()):g} (on another rank)"
+        kept = newest_checkpoint(trainer)
+        where = f"the last good checkpoint is {kept}" if kept else "no checkpoint was saved yet"
+        raise NonFiniteLossError(
+            f"non-finite loss at step {trainer.global_step} (epoch {trainer.current_epoch}): {what}; training stopped "
+            f"before this update and {where}; lower optim.optimizer.lr or a loss weight, or find the operation with "
+            "trainer.detect_anomaly=true"
+        )

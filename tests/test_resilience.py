@@ -1,0 +1,230 @@
+"""Nothing lost: kills from outside (SIGKILL mid-epoch, during a save), SIGTERM, NaN losses,
+and resumes that end exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from magnifier.resilience import atomic_torch_save, capture_rng, restore_rng
+from magnifier.resume import resolve_checkpoint
+
+from .conftest import tiny_overrides
+
+ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "magnifier.train", *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "magnifier.train", *args], env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _wait_for_saves(proc: subprocess.Popen, pattern: str, root: Path, saves: int, timeout: float = 600) -> Path:
+    """Poll until the checkpoint matching ``pattern`` under ``root`` has been replaced ``saves``
+    times (each atomic save is a new inode); returns its path."""
+    seen, deadline = set(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in root.glob(pattern):
+            try:
+                seen.add(path.stat().st_ino)
+            except FileNotFoundError:
+                continue
+            if len(seen) >= saves:
+                return path
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"run ended before {saves} saves:\n{out[-2000:]}\n{err[-3000:]}")
+        time.sleep(0.02)
+    raise AssertionError(f"no {saves} saves of {pattern} within {timeout} s")
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+# -- unit level -----------------------------------------------------------------------------------
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = capture_rng()
+    atomic_torch_save({"rng": state}, tmp_path / "s.ckpt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng(torch.load(tmp_path / "s.ckpt", weights_only=True)["rng"])
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and (expected[1] == again[1]).all() and expected[2] == again[2]
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1}, path)
+
+    def half_then_crash(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", half_then_crash)
+    with pytest.raises(OSError):
+        atomic_torch_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+SAVER = textwrap.dedent("""
+    import sys, torch
+    from magnifier.resilience import atomic_torch_save
+    path, n = sys.argv[1], 0
+    while True:
+        n += 1
+        # about 64 MB, so that a kill often lands in the middle of a write
+        atomic_torch_save({"n": n, "w": torch.full((16_000_000,), float(n))}, path)
+        print(n, flush=True)
+""")
+
+
+def test_sigkill_during_saves_never_leaves_a_broken_file(tmp_path):
+    """A process that keeps rewriting a large checkpoint is killed at random moments: the file
+    always loads, and holds one whole save."""
+    path = tmp_path / "last.ckpt"
+    script = tmp_path / "saver.py"
+    script.write_text(SAVER)
+    mid_write = 0
+    for delay in (0.0, 0.05, 0.1, 0.15, 0.2, 0.25):
+        proc = subprocess.Popen([sys.executable, str(script), str(path)], env=ENV, stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # one save done: the process is saving again
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        mid_write += any(path.parent.glob(".last.ckpt.*.tmp"))  # killed while writing
+        ckpt = torch.load(path, weights_only=True)
+        assert ckpt["w"].shape == (16_000_000,) and bool((ckpt["w"] == ckpt["n"]).all())
+    assert mid_write > 0, "no kill landed during a write: the test did not test anything"
+
+
+def test_resume_resolution(tmp_path):
+    logs = tmp_path / "logs" / "train"
+    old = logs / "runs" / "a"
+    (old / ".hydra").mkdir(parents=True)
+    (old / ".hydra" / "overrides.yaml").write_text("- seed=1\n- resume=auto\n")
+    (old / "checkpoints").mkdir()
+    (old / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    other = logs / "multiruns" / "s" / "0"
+    (other / ".hydra").mkdir(parents=True)
+    (other / ".hydra" / "overrides.yaml").write_text("- seed=2\n")
+    (other / "checkpoints").mkdir()
+    (other / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    new = logs / "runs" / "b"
+    assert resolve_checkpoint(None, "own", new, logs, ["seed=1"]) == (None, "")
+    assert resolve_checkpoint(None, "auto", new, logs, ["seed=1", "ckpt_path=x"])[0] == str(old / "checkpoints" / "last.ckpt")
+    assert resolve_checkpoint("last", "own", new, logs, ["seed=2"])[0] == str(other / "checkpoints" / "last.ckpt")
+    assert resolve_checkpoint(None, "auto", new, logs, ["seed=3"])[0] is None
+    from magnifier.errors import UserError
+
+    with pytest.raises(UserError, match="ckpt_path=last: no earlier run of this config"):
+        resolve_checkpoint("last", "own", new, logs, ["seed=3"])
+    with pytest.raises(UserError, match="resume=sometimes"):
+        resolve_checkpoint(None, "sometimes", new, logs, [])
+    # A run started again in its own folder (a requeued job) continues from there.
+    assert resolve_checkpoint(None, "own", old, logs, [])[0] == str(old / "checkpoints" / "last.ckpt")
+    assert resolve_checkpoint(None, "never", old, logs, [])[0] is None
+
+
+# -- whole runs ------------------------------------------------------------------------------------
+def _recipe(data_dir: Path, logs: Path) -> list[str]:
+    # Batch 8 = 2 identities x 4 images: several steps per epoch, so a kill lands mid-epoch.
+    return tiny_overrides(data_dir) + [
+        f"paths.log_dir={logs}", "dataset.batch_size=8", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=1",
+        "trainer.deterministic=true", "test=false", "~callbacks.progress_bar",
+        "callbacks.step_checkpoint.every_n_train_steps=1", "callbacks.step_checkpoint.train_time_interval=null",
+    ]
+
+
+def test_sigkill_mid_epoch_then_ckpt_path_last_ends_like_an_uninterrupted_run(tiny_data_dir, tmp_path):
+    straight = _run(_recipe(tiny_data_dir, tmp_path / "a"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    last_a = next((tmp_path / "a").glob("train/runs/*/checkpoints/last.ckpt"))
+    ckpt_a = torch.load(last_a, map_location="cpu", weights_only=True)
+
+    logs_b = tmp_path / "b"
+    proc = _start(_recipe(tiny_data_dir, logs_b))
+    saved = _wait_for_saves(proc, "train/runs/*/checkpoints/last.ckpt", logs_b, saves=4)
+    os.killpg(proc.pid, signal.SIGKILL)  # from outside, whatever it is doing
+    proc.communicate()
+    killed_at = torch.load(saved, map_location="cpu", weights_only=True)
+    assert 0 < killed_at["global_step"] < ckpt_a["global_step"]
+    wandb_b = {p.name.rsplit("-", 1)[-1] for p in logs_b.glob("train/runs/*/wandb/offline-run-*")}
+
+    resumed = _run(_recipe(tiny_data_dir, logs_b) + ["ckpt_path=last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming the newest run of the same config from" in resumed.stdout
+    runs_b = sorted(logs_b.glob("train/runs/*"))
+    assert len(runs_b) == 2
+    ckpt_c = torch.load(runs_b[-1] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt_c["global_step"] == ckpt_a["global_step"] and ckpt_c["epoch"] == ckpt_a["epoch"]
+    for name, tensor in ckpt_a["state_dict"].items():
+        assert torch.equal(tensor, ckpt_c["state_dict"][name]), name
+    # The resumed run continued the same W&B run.
+    wandb_c = {p.name.rsplit("-", 1)[-1] for p in runs_b[-1].glob("wandb/offline-run-*")}
+    assert wandb_c == wandb_b and len(wandb_c) == 1
+
+
+def test_sigterm_saves_last_ckpt_and_exits_143(tiny_data_dir, tmp_path):
+    proc = _start(_recipe(tiny_data_dir, tmp_path) + ["logger=csv"])
+    _wait_for_saves(proc, "train/runs/*/checkpoints/last.ckpt", tmp_path, saves=2)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 143, err[-3000:]
+    line = next(ln for ln in out.splitlines() if ln.startswith("SIGTERM: saved "))
+    ckpt = Path(line.split()[2])
+    step = int(line.split(" at step ")[1].split()[0])
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == step
+    import json
+
+    result = json.loads((ckpt.parent.parent / "results.json").read_text())
+    assert result["status"] == "stopped"
+
+
+def test_nan_loss_stops_before_the_update_naming_term_step_and_checkpoint(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    from magnifier import train as train_mod
+    from magnifier.losses import ReIDLoss
+
+    from .conftest import compose
+
+    calls = {"n": 0}
+    original = ReIDLoss.forward
+
+    def poisoned(self, *args, **kwargs):
+        terms = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 4:  # the fourth step's triplet term
+            terms["triplet"] = terms["triplet"] * float("nan")
+            terms["loss"] = terms["loss"] + terms["triplet"]
+        return terms
+
+    monkeypatch.setattr(ReIDLoss, "forward", poisoned)
+    cfg = compose(_recipe(tiny_data_dir, tmp_path / "logs") + ["logger=csv"], output_dir=str(tmp_path / "run"))
+    with pytest.raises(SystemExit) as stop:
+        train_mod.train(cfg)
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert line.startswith("error: non-finite loss at step 3 ") and "train/triplet=nan" in line
+    assert f"the last good checkpoint is {last}" in line
+    kept = torch.load(last, map_location="cpu", weights_only=True)
+    assert kept["global_step"] == 3  # nothing was saved after the NaN
+    assert all(bool(torch.isfinite(t).all()) for t in kept["state_dict"].values() if t.is_floating_point())
