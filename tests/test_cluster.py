@@ -127,3 +127,36 @@ def test_submitit_local_launcher_trains(tiny_data_dir, tmp_path):
     job = sweeps[0] / "0"
     assert (job / "checkpoints" / "last.ckpt").is_file()
     assert list((sweeps[0] / ".submitit").glob("*/*_log.out"))  # submitit ran it as a job
+
+
+def test_submitit_job_stopped_at_its_time_limit_saves_requeues_and_resumes(tiny_data_dir, tmp_path):
+    """submitit's local executor signals a job (USR2) 30 s before its time limit, as SLURM does
+    with --signal: the run saves last.ckpt, submitit requeues it, and the requeued job continues
+    from that checkpoint in its own folder until training is done."""
+    logs = tmp_path / "logs"
+    run = subprocess.run([sys.executable, "-m", "magnifier.train", "-m", "hydra/launcher=submitit_local",
+                          "hydra.launcher.timeout_min=1", *tiny_overrides(tiny_data_dir), f"paths.log_dir={logs}",
+                          "dataset.batch_size=8", "trainer.max_epochs=14", "trainer.check_val_every_n_epoch=7",
+                          "test=false", "logger=csv", "~callbacks.progress_bar"],
+                         env=ENV, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    job = next((logs / "train" / "multiruns").iterdir()) / "0"
+    log = "".join(p.read_text() for p in job.parent.glob(".submitit/*/*_0_log.out"))
+    saves = re.findall(r"SIGTERM: saved (\S+) at step (\d+)", log)
+    assert saves, "the job finished before its time limit: nothing was requeued"
+    assert all(Path(path) == job / "checkpoints" / "last.ckpt" for path, _ in saves)
+    assert "Requeued job" in log and "resuming this run from" in log
+    import json
+
+    import torch
+
+    assert json.loads((job / "results.json").read_text())["status"] == "finished"
+    final = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    # As many steps as 14 whole epochs: the resumed epochs started where the stopped ones ended.
+    from hydra.utils import instantiate
+
+    from .conftest import compose
+
+    datamodule = instantiate(compose(tiny_overrides(tiny_data_dir) + ["dataset.batch_size=8"], output_dir=str(tmp_path)).dataset)
+    datamodule.setup("fit")
+    assert final["epoch"] == 13 and final["global_step"] == 14 * len(datamodule.train_dataloader())

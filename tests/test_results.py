@@ -86,3 +86,13 @@ def test_grid_multirun_ends_with_the_table_and_the_command_rebuilds_it(tiny_data
     assert rebuilt.returncode == 0, rebuilt.stderr
     table = list(csv.DictReader(open(sweep / "results.csv")))
     assert [r["status"] for r in table] == ["finished", "incomplete"]
+
+
+def test_a_run_continued_in_its_own_folder_counts_the_earlier_time(tmp_path):
+    from magnifier.results import earlier_runtime_s
+
+    assert earlier_runtime_s(tmp_path) == 0.0
+    write_run_results(tmp_path, "stopped", {}, 120.0)
+    assert earlier_runtime_s(tmp_path) == 120.0
+    write_run_results(tmp_path, "finished", {}, 200.0)
+    assert earlier_runtime_s(tmp_path) == 0.0  # a finished run is not continued

@@ -42,6 +42,17 @@ def write_run_results(output_dir: str | Path, status: str, metrics: dict[str, fl
     return path
 
 
+def earlier_runtime_s(output_dir: str | Path) -> float:
+    """Run time already spent in this folder by a run that was stopped there (SIGTERM, a
+    requeued SLURM job) and is now continued: the table shows the total."""
+    path = Path(output_dir) / RUN_RESULTS
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 0.0
+    return float(result.get("runtime_s", 0.0)) if result.get("status") == "stopped" else 0.0
+
+
 def _overrides(run_dir: Path) -> list[str]:
     import yaml
 

@@ -124,10 +124,11 @@ def train(cfg: DictConfig) -> dict:
     Whatever the outcome, the first process writes ``results.json`` (status, metrics, run time)
     into the run folder: the row of this run in a sweep's results table (magnifier.results).
     """
-    from magnifier.results import write_run_results
+    from magnifier.results import earlier_runtime_s, write_run_results
 
     start, state = time.perf_counter(), {"metrics": {}, "best": None}
     output_dir = (cfg.get("paths") or {}).get("output_dir")
+    start -= earlier_runtime_s(output_dir) if output_dir else 0.0
     status, error = "failed", None
     try:
         metrics = _train(cfg, state)
