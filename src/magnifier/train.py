@@ -68,6 +68,13 @@ def _init_from(cfg: DictConfig, module, num_classes: int) -> None:
         module.start_optimizer_from(optimizer_state(cfg.init_from, ckpt=ckpt))
 
 
+def _world_size(kwargs: dict) -> int:
+    """Training processes the Trainer arguments ask for (devices x nodes; 1 when unknown)."""
+    devices = kwargs.get("devices", 1)
+    per_node = devices if isinstance(devices, int) and devices > 0 else len(devices) if isinstance(devices, (list, tuple)) else 1
+    return per_node * int(kwargs.get("num_nodes", 1) or 1)
+
+
 def _resume_checkpoint(cfg: DictConfig) -> tuple[str | None, str]:
     """The checkpoint this run continues from (``ckpt_path``, ``resume``: magnifier.resume)."""
     from magnifier.resume import resolve_checkpoint
@@ -182,7 +189,12 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.dataset)
+    try:
+        datamodule = instantiate(cfg.dataset)
+    except Exception as err:  # Hydra wraps the constructor's one-line UserError: unwrap it
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise
     # Data problems surface before any logger or run folder is created. Only the first process
     # builds a missing synthetic dataset; DDP workers are launched after this point.
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
@@ -191,6 +203,8 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     else:
         datamodule.load()
     _check_attributes(cfg, datamodule)
+    if cfg.get("train", True):
+        datamodule.check_sampling(_world_size(kwargs))
     # The run's resolved config (without Hydra's own node, present when composed in tests).
     container = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                  for k, v in cfg.items() if k != "hydra"}

@@ -92,6 +92,14 @@ class ReIDDataModule(pl.LightningDataModule):
         self.name, self.root = name, str(root)
         self.height, self.width = height, width
         self.batch_size, self.num_instances, self.test_batch_size = batch_size, num_instances, test_batch_size
+        if not (isinstance(num_instances, int) and num_instances >= 1):
+            raise UserError(f"dataset.num_instances={num_instances}: K, the images of each identity in a batch, "
+                            "is a whole number >= 1 (4 in the paper)")
+        if not isinstance(batch_size, int) or batch_size < num_instances or batch_size % num_instances:
+            near = max(num_instances, round(batch_size / num_instances) * num_instances) \
+                if isinstance(batch_size, (int, float)) else 4 * num_instances
+            raise UserError(f"dataset.batch_size={batch_size} is not P x K with K = dataset.num_instances="
+                            f"{num_instances}; use a multiple of {num_instances}, e.g. dataset.batch_size={near}")
         self.num_workers = num_workers
         self.use_masks, self.eval_masks = use_masks, eval_masks
         self.seed = seed
@@ -151,6 +159,32 @@ class ReIDDataModule(pl.LightningDataModule):
                         "set; backend=import converts them), or set masks.missing=stripes"
                     )
         return self.data
+
+    def check_sampling(self, world_size: int = 1) -> None:
+        """Refuse P x K batches the training split cannot fill, before any training.
+
+        P (identities per batch and process) x ``world_size`` must not exceed the training
+        identities; and K must not exceed the image count of most identities: an identity with
+        fewer than K images repeats images to fill its K slots, which for most of them would
+        make the batch-hard triplet mine duplicates instead of hard positives.
+        """
+        import numpy as np
+
+        data = self.load()
+        counts = np.bincount(np.unique([r.pid for r in data.train], return_inverse=True)[1])
+        p, k = self.batch_size // self.num_instances, self.num_instances
+        if p * world_size > len(counts):
+            raise UserError(
+                f"dataset.batch_size={self.batch_size} asks for P={p} identities per batch"
+                + (f" on each of {world_size} processes" if world_size > 1 else "")
+                + f", but '{self.name}' has {len(counts)} training identities; use dataset.batch_size <= "
+                f"{len(counts) // world_size * k}")
+        short = int((counts < k).sum())
+        if short * 2 > len(counts):
+            raise UserError(
+                f"dataset.num_instances={k} but {short} of {len(counts)} training identities of '{self.name}' have "
+                f"fewer than {k} images (median {int(np.median(counts))}); their batches would repeat images (other "
+                f"samplers drop such identities); use dataset.num_instances <= {int(np.median(counts))}")
 
     @property
     def num_classes(self) -> int:
