@@ -160,3 +160,21 @@ def test_submitit_job_stopped_at_its_time_limit_saves_requeues_and_resumes(tiny_
     datamodule = instantiate(compose(tiny_overrides(tiny_data_dir) + ["dataset.batch_size=8"], output_dir=str(tmp_path)).dataset)
     datamodule.setup("fit")
     assert final["epoch"] == 13 and final["global_step"] == 14 * len(datamodule.train_dataloader())
+
+
+@pytest.mark.multiprocess
+def test_two_nodes_under_torchrun_train_together(tiny_data_dir, tmp_path):
+    """The README's multi-node command, with two 'nodes' of one CPU process on this machine."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = [*tiny_overrides(tiny_data_dir), "trainer.num_nodes=2", "trainer.accelerator=cpu", "trainer.devices=1",
+              "trainer.strategy=ddp", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv", "trainer.max_epochs=1",
+              "+trainer.limit_train_batches=2", "trainer.check_val_every_n_epoch=1", "test=false", "~callbacks.progress_bar"]
+    nodes = [subprocess.Popen([str(torchrun), "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
+                               "--master-addr=127.0.0.1", "--master-port=29531", "-m", "magnifier.train", *common],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    for rank, (node, out) in enumerate(zip(nodes, outputs)):
+        assert node.returncode == 0, out[-3000:]
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in out
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
