@@ -228,3 +228,15 @@ def test_nan_loss_stops_before_the_update_naming_term_step_and_checkpoint(tiny_d
     kept = torch.load(last, map_location="cpu", weights_only=True)
     assert kept["global_step"] == 3  # nothing was saved after the NaN
     assert all(bool(torch.isfinite(t).all()) for t in kept["state_dict"].values() if t.is_floating_point())
+
+
+def test_detect_anomaly_stays_a_trainer_option(tmp_path):
+    import pytorch_lightning as pl
+
+    from magnifier.config import trainer_kwargs
+
+    from .conftest import compose
+
+    kwargs = trainer_kwargs(compose(["trainer.detect_anomaly=true"], output_dir=str(tmp_path)).trainer)
+    assert kwargs["detect_anomaly"] is True
+    assert pl.Trainer(**{**kwargs, "logger": False, "enable_checkpointing": False}).lightning_module is None
