@@ -202,3 +202,27 @@ def test_ablation_ladder_configs(tmp_path):
     }
     assert compose([], output_dir=str(tmp_path)).model._target_ == "magnifier.models.MagnifierNet"
     assert compose(["model=baseline"], output_dir=str(tmp_path)).model._target_ == "magnifier.models.Baseline"
+
+
+def test_logging_interval_follows_the_device(tmp_path):
+    """Per-step logging on the CPU; every 50 steps on GPUs (each read of a logged value syncs the
+    device), with the progress bar, the NaN check and the throughput window following it."""
+    for overrides, steps in (([], 1), (["trainer=ddp_sim"], 1), (["trainer.gpus=4"], 50), (["trainer=gpu"], 50),
+                             (["trainer=ddp"], 50), (["trainer.gpus=4", "trainer.log_every_n_steps=10"], 10)):
+        cfg = compose(overrides, output_dir=str(tmp_path))
+        assert cfg.trainer.log_every_n_steps == steps, overrides
+        assert cfg.callbacks.progress_bar.refresh_rate == steps and cfg.callbacks.nan_guard.check_every_n_steps == steps
+
+
+def test_adam_implementation_is_fused_on_cuda_and_foreach_on_the_cpu():
+    import torch
+
+    from magnifier.module import optimizer_implementation
+
+    cpu = [torch.zeros(2, requires_grad=True)]
+    assert optimizer_implementation("auto", cpu) == "foreach"
+    assert optimizer_implementation("fused", cpu) == "fused" and optimizer_implementation("default", cpu) == "default"
+    with pytest.raises(UserError, match="optim.implementation=fast"):
+        optimizer_implementation("fast", cpu)
+    if torch.cuda.is_available():
+        assert optimizer_implementation("auto", [torch.zeros(2, device="cuda", requires_grad=True)]) == "fused"

@@ -199,7 +199,11 @@ def test_sigterm_saves_last_ckpt_and_exits_143(tiny_data_dir, tmp_path):
     assert result["status"] == "stopped"
 
 
-def test_nan_loss_stops_before_the_update_naming_term_step_and_checkpoint(tiny_data_dir, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("every", [1, 3])
+def test_nan_loss_stops_naming_term_step_and_checkpoint(tiny_data_dir, tmp_path, monkeypatch, capsys, every):
+    """Read every step, the run stops before the NaN update; read every 3 steps (no per-step
+    synchronisation), it stops at the next read or checkpoint save, and nothing after the NaN
+    was saved either way."""
     from magnifier import train as train_mod
     from magnifier.losses import ReIDLoss
 
@@ -217,13 +221,18 @@ def test_nan_loss_stops_before_the_update_naming_term_step_and_checkpoint(tiny_d
         return terms
 
     monkeypatch.setattr(ReIDLoss, "forward", poisoned)
-    cfg = compose(_recipe(tiny_data_dir, tmp_path / "logs") + ["logger=csv"], output_dir=str(tmp_path / "run"))
+    cfg = compose(_recipe(tiny_data_dir, tmp_path / "logs") + ["logger=csv", f"callbacks.nan_guard.check_every_n_steps={every}"],
+                  output_dir=str(tmp_path / "run"))
     with pytest.raises(SystemExit) as stop:
         train_mod.train(cfg)
     assert stop.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert line.startswith("error: non-finite loss at step 3 ") and "train/triplet=nan" in line
+    if every == 1:
+        assert line.startswith("error: non-finite loss at step 3 ") and "train/triplet=nan" in line
+        assert "stopped before this update" in line
+    else:
+        assert line.startswith("error: non-finite loss first at step 3 (found at step 4")
     assert f"the last good checkpoint is {last}" in line
     kept = torch.load(last, map_location="cpu", weights_only=True)
     assert kept["global_step"] == 3  # nothing was saved after the NaN

@@ -31,13 +31,23 @@ def _wandb_offline() -> bool:
     return os.environ.get("WANDB_MODE", "offline").lower() != "online"
 
 
+def log_interval(gpus, accelerator) -> int:
+    """``trainer.log_every_n_steps`` by device: 50 on GPUs, where reading logged values every step
+    would stall the device with a synchronisation each step; 1 on the CPU."""
+    on_gpu = int(gpus or 0) != 0 or str(accelerator).lower() in ("gpu", "cuda")
+    return 50 if on_gpu else 1
+
+
 def register_resolvers() -> None:
-    """``${magnifier_root:}``, ``${wandb_offline:}``, ``${slurm_tasks:N}`` and ``${slurm_gpus:N}``
-    (the SLURM launcher's geometry from ``trainer.gpus``) in the configs."""
+    """``${magnifier_root:}``, ``${wandb_offline:}``, ``${log_interval:gpus,accelerator}``,
+    ``${slurm_tasks:N}`` and ``${slurm_gpus:N}`` (the SLURM launcher's geometry from
+    ``trainer.gpus``) in the configs."""
     if not OmegaConf.has_resolver("magnifier_root"):
         OmegaConf.register_new_resolver("magnifier_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", _wandb_offline)
+    if not OmegaConf.has_resolver("log_interval"):
+        OmegaConf.register_new_resolver("log_interval", log_interval)
     if not OmegaConf.has_resolver("slurm_tasks"):
         from magnifier.cluster import slurm_gpus_per_node, slurm_tasks_per_node
 
