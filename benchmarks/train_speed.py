@@ -9,12 +9,19 @@
 (c) The profiler on one setting (``--profile``, default the last row): GPU-busy time (the sum of
     the device kernels' durations) over wall time per step, and kernel launches per step.
 
-Prints one table and writes JSON (``--json``) with the device named. The Lightning loop
-(``python -m magnifier.train``) is measured from its logged ``train/images_per_s``.
+(b) ``--lightning-steps N``: the same model through ``python -m magnifier.train`` (bf16-mixed,
+    channels_last, 256x128, batch 64) on a Market-sized synthetic set (1,400 identities, 8,400
+    training images, generated on first use under ``--data-dir``) for N steps; images/s is the
+    median of the logged ``train/images_per_s`` windows after the first, and the loader's share
+    of a step comes from Lightning's simple profiler (time waiting for the next batch over
+    that plus the training batch).
+
+Prints one table and writes JSON (``--json``) with the device named. Compiled rows run after
+the profile, so that a slow compilation cannot cost the other figures.
 
 Usage: python benchmarks/train_speed.py [--batch 64] [--steps 15] [--warmup 5]
-       [--rows 384x192:fp32:eager:foreach 256x128:bf16:eager:fused ...] [--backbone resnet50]
-       [--json out.json]
+       [--rows 384x192:fp32:eager:foreach 256x128:bf16:eager:fused ... | none] [--backbone resnet50]
+       [--lightning-steps 400 --data-dir /tmp/market_sized --workers 12] [--json out.json]
 """
 
 from __future__ import annotations
@@ -156,6 +163,47 @@ def profile_setting(setting: Setting, device: torch.device, backbone: str, batch
     return out
 
 
+MARKET_SIZED = dict(num_ids=1400, num_cams=4, images_per_cam=3, height=256, width=128, seed=0)
+
+
+def lightning_run(steps: int, data_dir: str, log_dir: str, workers: int, batch: int, extra: list[str]) -> dict:
+    """Train ``steps`` steps through ``python -m magnifier.train``; images/s and the loader's share."""
+    import csv
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    overrides = [f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}", "model/backbone=resnet50",
+                 "model.backbone.pretrained=false", "dataset.height=256", "dataset.width=128",
+                 f"dataset.batch_size={batch}", f"dataset.num_workers={workers}", "channels_last=true",
+                 "trainer.precision=bf16-mixed", f"+trainer.max_steps={steps}", "trainer.max_epochs=1000",
+                 "trainer.check_val_every_n_epoch=1000", "test=false", "logger=csv", "~callbacks.progress_bar",
+                 "+trainer.profiler=simple"]
+    overrides += [f"dataset.synthetic.{k}={v}" for k, v in MARKET_SIZED.items()]
+    if torch.cuda.is_available():
+        overrides.append("trainer.gpus=1")
+    t0 = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "magnifier.train", *overrides, *extra], capture_output=True, text=True,
+                         env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    if run.returncode != 0:
+        return {"error": (run.stderr or run.stdout)[-1500:]}
+    metrics = sorted(Path(log_dir).glob("train/runs/*/csv/*/metrics.csv"))[-1]
+    rates = [float(r["train/images_per_s"]) for r in csv.DictReader(open(metrics)) if r.get("train/images_per_s")]
+    out = {"images_s": statistics.median(rates[1:] or rates) if rates else float("nan"), "windows": len(rates),
+           "wall_s": time.perf_counter() - t0}
+    means = {}
+    for name in ("train_dataloader_next", "run_training_batch"):
+        m = re.search(rf"{name}\S*\s*\|\s*([\d.e-]+)", run.stdout)
+        if m:
+            means[name] = float(m.group(1))
+    if len(means) == 2:
+        wait, batch_s = means["train_dataloader_next"], means["run_training_batch"]
+        out.update(loader_wait_ms=1e3 * wait, training_batch_ms=1e3 * batch_s, loader_share=wait / (wait + batch_s))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, help="HxW:fp32|bf16:eager|compile:foreach|fused")
@@ -165,6 +213,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--profile", default=None, help="the setting to profile (default: the last row); 'none' skips")
     p.add_argument("--profile-steps", type=int, default=5)
+    p.add_argument("--lightning-steps", type=int, default=0, help="also train N steps through python -m magnifier.train")
+    p.add_argument("--data-dir", default="/tmp/market_sized")
+    p.add_argument("--log-dir", default="/tmp/train_speed_logs")
+    p.add_argument("--workers", type=int, default=12)
+    p.add_argument("--lightning-args", nargs="*", default=[], help="extra overrides for the Lightning run")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -172,25 +225,47 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True  # "fp32" on a GPU means TF32 tensor cores, as Lightning's default
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    settings = [Setting.parse(r) for r in args.rows]
+    settings = [] if args.rows == ["none"] else [Setting.parse(r) for r in args.rows]
+    eager = [st for st in settings if st.mode == "eager"]
     result = {"device": device_name(device), "date": time.strftime("%Y-%m-%d"), "backbone": args.backbone,
               "batch": args.batch, "steps": args.steps, "rows": []}
+
+    def save() -> None:  # after every figure: a run cut short keeps what it measured
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+
     print(f"{result['device']}; {args.backbone}, batch {args.batch}, median of {args.steps} steps")
-    print(f"{'setting':<30} {'baseline':>10} {'magnifier':>10} {'ratio':>6} {'mag img/s':>10} {'warm-up':>8}")
-    for setting in settings:
+    if args.lightning_steps:
+        result["lightning"] = lightning_run(args.lightning_steps, args.data_dir, args.log_dir, args.workers, args.batch,
+                                            args.lightning_args)
+        print("lightning loop (python -m magnifier.train, 256x128 bf16-mixed channels_last): "
+              + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result["lightning"].items()),
+              flush=True)
+        save()
+    if settings:
+        print(f"{'setting':<30} {'baseline':>10} {'magnifier':>10} {'ratio':>6} {'mag img/s':>10} {'warm-up':>8}")
+    target = args.profile or (str(eager[-1]) if eager else "none")
+    for setting in eager + [st for st in settings if st.mode != "eager"]:
+        if setting.mode != "eager" and target != "none" and "profile" not in result:
+            target = _profile(result, target, device, args)
+            save()
         row = time_setting(setting, device, args.backbone, args.batch, args.steps, args.warmup)
         result["rows"].append(row)
         print(f"{row['setting']:<30} {row['baseline_ms']:8.1f}ms {row['magnifier_ms']:8.1f}ms {row['ratio']:5.2f}x "
               f"{row['magnifier_images_s']:10.0f} {row['warmup_s']:7.1f}s", flush=True)
-    target = args.profile or str(settings[-1])
-    if target != "none":
-        prof = profile_setting(Setting.parse(target), device, args.backbone, args.batch, args.profile_steps)
-        result["profile"] = {"setting": target, **prof}
-        for name, stats in prof.items():
-            print(f"profile {target} {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in stats.items()), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        save()
+    if target != "none" and "profile" not in result:
+        _profile(result, target, device, args)
+        save()
+
+
+def _profile(result: dict, target: str, device: torch.device, args) -> str:
+    prof = profile_setting(Setting.parse(target), device, args.backbone, args.batch, args.profile_steps)
+    result["profile"] = {"setting": target, **prof}
+    for name, stats in prof.items():
+        print(f"profile {target} {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in stats.items()), flush=True)
+    return target
 
 
 if __name__ == "__main__":
