@@ -27,14 +27,18 @@ def test_magnifier_classifiers_have_a_zero_initialised_bias_and_the_baseline_non
     torch.manual_seed(0)
     model = MagnifierNet(num_classes=7, backbone="resnet18")
     classifiers = _classifiers(model)
-    # global, SRB, the 8 SFB region classifiers and the fused SFB one
-    assert len(classifiers) == 11
+    # global, SRB and the fused SFB one; the 8 SFB region classifiers are stacked in region_heads
+    assert len(classifiers) == 3
     for name, fc in classifiers.items():
         assert fc.bias is not None, name
         assert torch.equal(fc.bias, torch.zeros(7)), name
         assert 0.0007 < fc.weight.std().item() < 0.0013, name
+    heads = model.sfb.region_heads.classifier
+    assert heads.weight.shape[:2] == (8, 7) and torch.equal(heads.bias, torch.zeros(8, 7))
+    assert all(0.0007 < heads.weight[r].std().item() < 0.0013 for r in range(8))
     plain = MagnifierNet(num_classes=7, backbone="resnet18", classifier_bias=False)
     assert all(fc.bias is None for fc in _classifiers(plain).values())
+    assert plain.sfb.region_heads.classifier.bias is None
     assert all(fc.bias is None for fc in _classifiers(Baseline(num_classes=7, backbone="resnet18")).values())
 
 
@@ -173,7 +177,7 @@ def test_init_network_reinitialises_classifiers_of_another_size_and_says_which(t
         torch.testing.assert_close(same.state_dict()[k], v)
     other = MagnifierNet(num_classes=9, backbone="resnet18")
     report = init_network(other, tmp_path / "a.ckpt")
-    assert "global_branch.classifier" in report and "sfb.region_classifiers.3" in report
+    assert "global_branch.classifier" in report and "sfb.region_heads" in report
     assert "\n" not in report
     torch.testing.assert_close(other.backbone.layer1[0].conv1.weight, source.backbone.layer1[0].conv1.weight)
     assert torch.equal(other.global_branch.classifier.bias, torch.zeros(9))  # fresh, not 0.5

@@ -164,12 +164,21 @@ def load_network(
     return net, info
 
 
+def _current_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Older layouts under today's names: separate SFB region heads become the stacked ones."""
+    from magnifier.models.branches import stack_region_heads
+
+    for key in [k for k in state if k.endswith("region_bns.0.weight")]:
+        stack_region_heads(state, key[: -len("region_bns.0.weight")])
+    return state
+
+
 def _network_state(path: Path, ckpt: Any) -> dict[str, torch.Tensor]:
     """The network's tensors in a training checkpoint (``net.*``) or a bare state dict."""
     if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
-        return {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        return _current_names({k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return dict(ckpt)
+        return _current_names(dict(ckpt))
     raise UserError(f"init_from={path}: no network weights in it; it must be {_PRODUCER} or a state dict")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from magnifier.errors import UserError
@@ -89,6 +90,14 @@ class ReIDLoss(nn.Module):
     def _id(self, logits: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
         return cross_entropy_label_smooth(logits, pids, self.label_smoothing)
 
+    def _region(self, logits: torch.Tensor, pids: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+        """sum_r beta_r x ID loss of region r: (R, N, K) logits, (N,) pids, (R,) betas -> scalar,
+        all regions in one cross-entropy (the mean over each region's N images, then weighted)."""
+        r, n, k = logits.shape
+        per_image = F.cross_entropy(logits.float().reshape(r * n, k), pids.repeat(r), reduction="none",
+                                    label_smoothing=self.label_smoothing)
+        return (betas.float() * per_image.reshape(r, n).mean(1)).sum()
+
     def forward(
         self, outputs: dict[str, torch.Tensor], pids: torch.Tensor, attributes: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
@@ -106,7 +115,7 @@ class ReIDLoss(nn.Module):
             scale["srb"] = outputs["srb_beta"].detach()
         if w["region"] and "sfb_region_logits" in outputs:
             betas = outputs["sfb_region_betas"].detach()
-            terms["region"] = sum(b * self._id(lg, pids) for b, lg in zip(betas, outputs["sfb_region_logits"]))
+            terms["region"] = self._region(outputs["sfb_region_logits"], pids, betas)
         if w["sfb"] and "sfb_logits" in outputs:
             terms["sfb"] = self._id(outputs["sfb_logits"], pids)
         if w["sfb_triplet"] and "sfb_feat" in outputs:
