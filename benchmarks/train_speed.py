@@ -133,6 +133,34 @@ def time_setting(setting: Setting, device: torch.device, backbone: str, batch: i
     return row
 
 
+def sync_check(setting: Setting, device: torch.device, backbone: str, batch: int) -> dict:
+    """The synchronising CUDA calls in one MagnifierNet training step (forward, loss, backward,
+    Adam), found with ``torch.cuda.set_sync_debug_mode("warn")``: their count and where."""
+    import traceback
+    import warnings
+
+    runner = Runner("magnifier", setting, device, backbone, batch)
+    runner.step()
+    _sync(device)
+    places: list[str] = []
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1] if "magnifier" in f.filename or "train_speed" in f.filename]
+        places.append(f"{frames[-1].filename.split('/')[-1]}:{frames[-1].lineno}" if frames else f"{filename}:{lineno}")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        previous, warnings.showwarning = warnings.showwarning, record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            runner.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            warnings.showwarning = previous
+    _sync(device)
+    return {"syncs": len(places), "where": sorted(set(places))}
+
+
 def profile_setting(setting: Setting, device: torch.device, backbone: str, batch: int, steps: int) -> dict:
     """GPU-busy fraction and kernel launches per step, for each model in ``setting``."""
     from torch.profiler import ProfilerActivity, profile
@@ -218,6 +246,7 @@ def main() -> None:
     p.add_argument("--log-dir", default="/tmp/train_speed_logs")
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--lightning-args", nargs="*", default=[], help="extra overrides for the Lightning run")
+    p.add_argument("--sync-check", action="store_true", help="list the synchronising calls of one step (GPU)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -257,6 +286,11 @@ def main() -> None:
         save()
     if target != "none" and "profile" not in result:
         _profile(result, target, device, args)
+        save()
+    if args.sync_check and device.type == "cuda":
+        setting = Setting.parse(target if target != "none" else "256x128:bf16:eager:fused")
+        result["sync_check"] = sync_check(setting, device, args.backbone, args.batch)
+        print(f"synchronising calls in one MagnifierNet step: {result['sync_check']}", flush=True)
         save()
 
 

@@ -20,10 +20,11 @@ def _class_balanced_parsing_loss(logits: torch.Tensor, labels: torch.Tensor) -> 
     pixel = F.cross_entropy(logits.float(), labels, reduction="none").flatten()  # (N*h*w,)
     flat = labels.flatten()
     num_classes = logits.shape[1]
+    # Sums and counts by index_add (bincount and boolean indexing would each wait for the GPU).
     sums = torch.zeros(num_classes, device=pixel.device).index_add_(0, flat, pixel)
-    counts = torch.bincount(flat, minlength=num_classes).float()
-    present = counts > 0
-    return (sums[present] / counts[present]).mean()
+    counts = torch.zeros(num_classes, device=pixel.device).index_add_(0, flat, torch.ones_like(pixel))
+    present = (counts > 0).float()
+    return (sums / counts.clamp_min(1) * present).sum() / present.sum()
 
 
 # Wrapped by assignment rather than as a decorator so that `make mutation` (mutmut, which skips

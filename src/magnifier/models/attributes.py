@@ -14,7 +14,7 @@ from torch import nn
 
 from magnifier.parts import ATTRIBUTE_GROUPS, NUM_PARTS, group_sizes_for
 
-from .branches import fresh_bottleneck
+from .branches import device_constant, fresh_bottleneck
 
 #: The attention map each part label's SFB mask is softened with (an index into
 #: :data:`ATTRIBUTE_GROUPS`): head -> head map; torso and arms -> upper map; legs and foot ->
@@ -113,8 +113,9 @@ def soft_region_masks(labels: torch.Tensor, maps: torch.Tensor, weight: float) -
     maps = maps.detach()
     if tuple(maps.shape[-2:]) != tuple(labels.shape[-2:]):
         maps = F.interpolate(maps, size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=False)
-    index = torch.tensor([0 if k is None else k for k in REGION_MAP], device=maps.device)
+    index = device_constant(tuple(0 if k is None else k for k in REGION_MAP), maps.device)
+    hard_only = device_constant(tuple(r for r, k in enumerate(REGION_MAP) if k is None), maps.device)
     soft = weight * maps[:, index]  # (N, R, h, w)
-    soft[:, [r for r, k in enumerate(REGION_MAP) if k is None]] = 0
+    soft[:, hard_only] = 0
     hard = F.one_hot(labels, NUM_PARTS).permute(0, 3, 1, 2).bool()
     return torch.where(hard, torch.ones_like(soft), soft)

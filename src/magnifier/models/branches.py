@@ -55,6 +55,21 @@ class GlobalBranch(nn.Module):
 GRID_SAMPLING = {"centre": 0.5, "corner": 0.0}
 
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def device_constant(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A long tensor of ``values`` on ``device``, made once per process and device: building it
+    each step would copy from host memory every time (a copy the GPU stream waits for)."""
+    key = (values, str(device))
+    if key not in _CONSTANTS or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        tensor = torch.tensor(values, dtype=torch.long, device=device)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return tensor  # an exported graph holds it as a constant of its own
+        _CONSTANTS[key] = tensor
+    return _CONSTANTS[key]
+
+
 def labels_to_grid(labels: torch.Tensor, size: tuple[int, int], sampling: str = "centre") -> torch.Tensor:
     """Part labels (N, H, W) long -> (N, h, w) long by nearest neighbour (labels never blend).
 
@@ -69,8 +84,8 @@ def labels_to_grid(labels: torch.Tensor, size: tuple[int, int], sampling: str = 
     if (big_h, big_w) == (h, w):
         return labels
     offset = GRID_SAMPLING[sampling]
-    rows = torch.tensor([min(int((i + offset) * big_h / h), big_h - 1) for i in range(h)], device=labels.device)
-    cols = torch.tensor([min(int((j + offset) * big_w / w), big_w - 1) for j in range(w)], device=labels.device)
+    rows = device_constant(tuple(min(int((i + offset) * big_h / h), big_h - 1) for i in range(h)), labels.device)
+    cols = device_constant(tuple(min(int((j + offset) * big_w / w), big_w - 1) for j in range(w)), labels.device)
     return labels.index_select(-2, rows).index_select(-1, cols)
 
 
@@ -146,8 +161,8 @@ class SemanticRegularizationBranch(nn.Module):
 
     def choose_erased(self, n: int, device: torch.device) -> torch.Tensor:
         """(n or 1, erase_upper + erase_lower) long: the part labels to erase."""
-        upper = torch.tensor(UPPER_BODY, device=device)
-        lower = torch.tensor(LOWER_BODY, device=device)
+        upper = device_constant(tuple(UPPER_BODY), device)
+        lower = device_constant(tuple(LOWER_BODY), device)
         rows = []
         for _ in range(n if self.per_sample else 1):
             u = upper[torch.randperm(len(upper), device=device)[: self.erase_upper]]
