@@ -51,3 +51,13 @@ def test_the_command_says_it_in_one_line_and_exits_2(tiny_data_dir, tmp_path):
     assert run.stderr.strip().splitlines()[-1] == (
         "error: dataset.batch_size=30 is not P x K with K = dataset.num_instances=4; use a multiple of 4, "
         "e.g. dataset.batch_size=32")
+
+
+def test_every_entry_point_gets_the_constructors_user_error_itself(tiny_data_dir, tmp_path):
+    """train, evaluate and parse build the data module with instantiate_config: Hydra's
+    wrapping is removed, so the one line reaches the user."""
+    from magnifier.config import instantiate_config
+
+    cfg = compose(tiny_overrides(tiny_data_dir) + ["dataset.batch_size=30"], output_dir=str(tmp_path))
+    with pytest.raises(UserError, match=r"^dataset.batch_size=30 is not P x K"):
+        instantiate_config(cfg.dataset)

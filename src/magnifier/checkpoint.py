@@ -28,13 +28,13 @@ def _first_line(err: BaseException) -> str:
 
 
 def read_checkpoint(path: str | Path, trust_checkpoint: bool = False,
-                    map_location: str | torch.device = "cpu") -> Any:
+                    map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
     """``torch.load`` with one-line :class:`UserError` for a missing, refused or broken file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"ckpt_path={path}: no such checkpoint file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=not trust_checkpoint)
+        return torch.load(path, map_location=map_location, weights_only=not trust_checkpoint, mmap=mmap)
     except pickle.UnpicklingError as err:
         # A refusal names the object it would have to import ("Unsupported global: GLOBAL
         # x.y"); other weights-only failures ("Unsupported operand") are broken bytes.

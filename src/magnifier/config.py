@@ -55,6 +55,19 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus_per_node)
 
 
+def instantiate_config(node, **kwargs):
+    """``hydra.utils.instantiate``, with a constructor's one-line :class:`UserError` raised as is:
+    Hydra wraps whatever a target raises in an InstantiationException with a traceback."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as err:
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise
+
+
 def _cuda_device_count() -> int:
     import torch
 

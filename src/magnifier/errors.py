@@ -16,7 +16,8 @@ class UserError(Exception):
     """A problem the user can fix (what was wrong, where, how to fix it), shown as one line."""
 
 
-def _in_multirun() -> bool:
+def in_multirun() -> bool:
+    """Whether this process runs one job of a Hydra multirun (``-m``, any launcher or sweeper)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -39,7 +40,7 @@ def exit_on_user_error(fn: F) -> F:
             return fn(*args, **kwargs)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
-            if _in_multirun():
+            if in_multirun():
                 raise
             sys.exit(USER_ERROR_EXIT_CODE)
 

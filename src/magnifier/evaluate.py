@@ -20,7 +20,7 @@ import hydra  # noqa: E402
 import numpy as np  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from magnifier.config import config_dir, register_resolvers  # noqa: E402
+from magnifier.config import config_dir, instantiate_config, register_resolvers  # noqa: E402
 from magnifier.errors import UserError, exit_on_user_error  # noqa: E402
 
 log = logging.getLogger("magnifier.evaluate")
@@ -159,7 +159,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(f"eval.input={cfg.eval.input}: use checkpoint or dataset")
     trained = info.get("data") or {}
     same_input = {k: v for k, v in trained.items() if v is not None} if cfg.eval.get("input") == "checkpoint" else {}
-    datamodule = instantiate(cfg.dataset, use_masks=False, eval_masks=False, **same_input)
+    datamodule = instantiate_config(cfg.dataset, use_masks=False, eval_masks=False, **same_input)
     datamodule.prepare_data()
     print(datamodule.load().summary(), flush=True)
     datamodule.setup("test")

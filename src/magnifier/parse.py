@@ -22,7 +22,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from magnifier.config import config_dir, register_resolvers  # noqa: E402
+from magnifier.config import config_dir, instantiate_config, register_resolvers  # noqa: E402
 from magnifier.errors import UserError, exit_on_user_error  # noqa: E402
 
 register_resolvers()
@@ -51,7 +51,6 @@ def folder_jobs(input_dir: str, output_dir: str | None):
 
 def dataset_jobs(cfg: DictConfig):
     """The chosen splits of ``cfg.dataset`` -> its mask folder (or ``output=``)."""
-    from hydra.utils import instantiate
 
     from magnifier.data.datasets import load_dataset
     from magnifier.data.datasets.base import MASK_DIR, mask_target
@@ -59,7 +58,7 @@ def dataset_jobs(cfg: DictConfig):
 
     if cfg.split not in SPLITS:
         raise UserError(f"split={cfg.split!r}: use train or all")
-    datamodule = instantiate(cfg.dataset)
+    datamodule = instantiate_config(cfg.dataset)
     datamodule.prepare_data()  # builds the synthetic set if asked for and missing
     data = load_dataset(datamodule.name, datamodule.root, **datamodule.options)
     root = Path(data.root)

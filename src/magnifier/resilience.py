@@ -259,7 +259,7 @@ class StopOnNonFiniteLoss(Callback):
             self._check(trainer, pl_module, loss)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        if trainer.training:
+        if trainer.state.fn == "fit":  # any save while fitting, after validation too
             self._check(trainer, pl_module, None)
 
     def _check(self, trainer, pl_module, loss: torch.Tensor | None) -> None:

@@ -134,10 +134,9 @@ class ResultsTableCallback(_HydraCallback):
 
     def on_job_end(self, config, job_return=None, **kwargs) -> None:
         """After each run of a multirun, so that a sweep that dies half-way still has its table."""
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+        from magnifier.errors import in_multirun
 
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        if in_multirun():
             sweep_dir = Path(str(config.hydra.sweep.dir))
             if sweep_dir.is_dir():
                 write_table(sweep_dir)

@@ -16,7 +16,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from magnifier.config import config_dir, register_resolvers, trainer_kwargs  # noqa: E402
+from magnifier.config import config_dir, instantiate_config, register_resolvers, trainer_kwargs  # noqa: E402
 from magnifier.errors import UserError, exit_on_user_error  # noqa: E402
 
 log = logging.getLogger("magnifier.train")
@@ -101,7 +101,8 @@ def _loggers(cfg: DictConfig, ckpt_path: str | None) -> list:
         from magnifier.checkpoint import read_checkpoint
         from magnifier.resilience import wandb_id_from_checkpoint
 
-        wandb_id = wandb_id_from_checkpoint(read_checkpoint(ckpt_path, cfg.get("trust_checkpoint", False)))
+        # Memory-mapped: only the small callback state is read here; Lightning loads the rest.
+        wandb_id = wandb_id_from_checkpoint(read_checkpoint(ckpt_path, cfg.get("trust_checkpoint", False), mmap=True))
     loggers = []
     for name, c in (cfg.get("logger") or {}).items():
         if name == "wandb" and wandb_id:
@@ -189,12 +190,7 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
-    try:
-        datamodule = instantiate(cfg.dataset)
-    except Exception as err:  # Hydra wraps the constructor's one-line UserError: unwrap it
-        if isinstance(err.__cause__, UserError):
-            raise err.__cause__ from None
-        raise
+    datamodule = instantiate_config(cfg.dataset)
     # Data problems surface before any logger or run folder is created. Only the first process
     # builds a missing synthetic dataset; DDP workers are launched after this point.
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
