@@ -17,7 +17,8 @@ import torch
 
 from magnifier.errors import UserError
 
-__all__ = ["init_network", "load_network", "optimizer_state", "read_checkpoint"]
+__all__ = ["check_resume_fits", "init_network", "load_network", "optimizer_state", "read_checkpoint",
+           "read_resume_checkpoint"]
 
 _PRODUCER = "a .ckpt written by python -m magnifier.train"
 
@@ -222,6 +223,36 @@ def init_network(net: torch.nn.Module, path: str | Path, trust_checkpoint: bool 
     if modules:
         report += f"; not in the file, kept at their initialisation: {len(absent)} tensors of {', '.join(modules)}"
     return report
+
+
+#: What Lightning needs to continue a run: without any of these, ``Trainer.fit`` fails deep inside.
+_RESUME_KEYS = ("state_dict", "epoch", "global_step", "loops", "optimizer_states")
+
+
+def read_resume_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict:
+    """The contents of a checkpoint to resume from (``ckpt_path``), checked before the run starts.
+
+    Memory-mapped: only what is looked at is read. A truncated file, a file of another program
+    (a bare state dict, a torchreid ``.pth``) or a checkpoint that cannot continue training
+    gives a one-line :class:`UserError` instead of Lightning's traceback after the loggers start.
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path, trust_checkpoint, mmap=True)
+    missing = [k for k in _RESUME_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if missing or not isinstance(hparams, dict) or "net" not in hparams:
+        what = f"it lacks {', '.join(missing)}" if missing else "it has no model config (hyper_parameters.net)"
+        raise UserError(f"ckpt_path={path}: not a training checkpoint to resume ({what}); it must be {_PRODUCER} "
+                        f"(its checkpoints/last.ckpt); to start from weights only use init_from={path}")
+    return ckpt
+
+
+def check_resume_fits(net: torch.nn.Module, path: str | Path, ckpt: dict) -> None:
+    """Refuse, in one line, to resume ``net`` from weights of another architecture."""
+    problem = _describe_mismatch(Path(path), net.state_dict(), _network_state(Path(path), ckpt))
+    if problem:
+        raise UserError(f"ckpt_path={problem}; resume with the model, backbone and dataset of that run "
+                        "(its .hydra/overrides.yaml), or use init_from= to start from its weights")
 
 
 def optimizer_state(path: str | Path, trust_checkpoint: bool = False, ckpt: Any = None) -> dict:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import shutil
 import sys
+from pathlib import Path
 from typing import Callable, TypeVar
 
 F = TypeVar("F", bound=Callable)
@@ -26,12 +28,36 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def discard_failed_start() -> Path | None:
+    """Remove the run folder of a run that failed its start-up checks; returns it if removed.
+
+    Hydra makes the folder (its ``.hydra/`` config and the job's log) before the entry point
+    runs, so every mistyped command would leave an empty run behind. A folder holding anything
+    else (a checkpoint, a logger's files: a run that got going, or an earlier run resumed in
+    place) is kept. Runs of a multirun are kept too: the sweep's results table lists them.
+    """
+    try:
+        from hydra.core.hydra_config import HydraConfig
+    except ImportError:  # pragma: no cover
+        return None
+    if not HydraConfig.initialized() or in_multirun():
+        return None
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    made_by_start = {str(hydra_cfg.output_subdir or ".hydra"), f"{hydra_cfg.job.name}.log", "results.json"}
+    if not folder.is_dir() or any(entry.name not in made_by_start for entry in folder.iterdir()):
+        return None
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
 def exit_on_user_error(fn: F) -> F:
     """Wrap an entry point so a :class:`UserError` prints ``error: ...`` and exits with code 2.
 
     Anything else is a bug and keeps its traceback. Inside a Hydra multirun the error line is
     printed and the exception raised on, so that Hydra marks this one run failed (and the Optuna
-    sweeper records a failed trial) while the sweep goes on.
+    sweeper records a failed trial) while the sweep goes on. A single run that failed before it
+    wrote anything of its own leaves no run folder behind (:func:`discard_failed_start`).
     """
 
     @functools.wraps(fn)
@@ -42,6 +68,7 @@ def exit_on_user_error(fn: F) -> F:
             print(f"error: {err}", file=sys.stderr, flush=True)
             if in_multirun():
                 raise
+            discard_failed_start()
             sys.exit(USER_ERROR_EXIT_CODE)
 
     return wrapper  # type: ignore[return-value]

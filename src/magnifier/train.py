@@ -92,17 +92,15 @@ def _resume_checkpoint(cfg: DictConfig) -> tuple[str | None, str]:
     return resolve_checkpoint(cfg.get("ckpt_path"), cfg.get("resume"), paths.get("output_dir"), task_dir, overrides)
 
 
-def _loggers(cfg: DictConfig, ckpt_path: str | None) -> list:
+def _loggers(cfg: DictConfig, resume_ckpt: dict | None) -> list:
     """The configured loggers; a resumed run continues its W&B run (same id) when it had one."""
     from hydra.utils import instantiate
 
     wandb_id = None
-    if ckpt_path:
-        from magnifier.checkpoint import read_checkpoint
+    if resume_ckpt is not None:
         from magnifier.resilience import wandb_id_from_checkpoint
 
-        # Memory-mapped: only the small callback state is read here; Lightning loads the rest.
-        wandb_id = wandb_id_from_checkpoint(read_checkpoint(ckpt_path, cfg.get("trust_checkpoint", False), mmap=True))
+        wandb_id = wandb_id_from_checkpoint(resume_ckpt)
     loggers = []
     for name, c in (cfg.get("logger") or {}).items():
         if name == "wandb" and wandb_id:
@@ -181,6 +179,13 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     ckpt_path, why = _resume_checkpoint(cfg)
     if why and _is_global_zero():
         print(why, flush=True)
+    resume_ckpt = None
+    if ckpt_path:
+        from magnifier.checkpoint import read_resume_checkpoint
+
+        # Memory-mapped and checked now, before any logger, loader or run file exists: a broken
+        # or foreign file is one line, not Lightning's traceback once the run has started.
+        resume_ckpt = read_resume_checkpoint(ckpt_path, cfg.get("trust_checkpoint", False))
     if cfg.get("init_required") and not cfg.get("init_from") and not ckpt_path:
         raise UserError("this recipe continues a previous stage: add init_from=<its checkpoint>, "
                         "e.g. init_from=logs/train/runs/<run>/checkpoints/last.ckpt")
@@ -201,6 +206,9 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     _check_attributes(cfg, datamodule)
     if cfg.get("train", True):
         datamodule.check_sampling(_world_size(kwargs))
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        # Unreadable images and unusable label maps, before any logger or loader exists.
+        datamodule.check_files("fit" if cfg.get("train", True) else "test")
     # The run's resolved config (without Hydra's own node, present when composed in tests).
     container = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                  for k, v in cfg.items() if k != "hydra"}
@@ -211,8 +219,14 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     )
     if cfg.get("init_from") and not ckpt_path:  # a resume restores everything itself
         _init_from(cfg, module, datamodule.num_classes)
+    if resume_ckpt is not None:
+        from magnifier.checkpoint import check_resume_fits
+
+        module.build(datamodule.num_classes)
+        check_resume_fits(module.net, ckpt_path, resume_ckpt)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = _loggers(cfg, ckpt_path)
+    loggers = _loggers(cfg, resume_ckpt)
+    del resume_ckpt  # Lightning reads the file itself
     # Checkpoint files are replaced atomically: a kill while saving never breaks last.ckpt.
     trainer = pl.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     for logger in loggers:
@@ -253,7 +267,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    if not config_dir().is_dir():
-        print(f"error: Hydra configs not found in {config_dir()}; set MAGNIFIER_CONFIG_DIR", file=sys.stderr)
-        sys.exit(2)
-    main()
+    from magnifier.cli import run_entry_point
+
+    run_entry_point(main, "train")

@@ -12,6 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from magnifier.errors import UserError
 
 from .dataset import MissingAttributesError, ReIDImageDataset, unreadable_files
+from .files import label_map_problems
 from .datasets import ReIDData, combine_train, load_dataset
 from .samplers import EPOCH_MODES, RandomIdentitySampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
@@ -123,6 +124,7 @@ class ReIDDataModule(pl.LightningDataModule):
         )
         self.test_transform = build_transforms(height, width, False, mean=tuple(mean), std=tuple(std))
         self.data: ReIDData | None = None
+        self._checked: set[str] = set()  # file scans done in this process (check_files)
 
     # -- data on disk -------------------------------------------------------------------------
     @property
@@ -219,12 +221,20 @@ class ReIDDataModule(pl.LightningDataModule):
         if self.use_masks:
             files += [r.mask_path for r in data.train if r.mask_path]
         bad = unreadable_files(files)
-        if not bad:
-            return
-        head = f"{len(bad)} training file(s) of '{self.name}' cannot be read (first: {', '.join(bad[:3])})"
-        if self.on_bad_image == "error":
-            raise UserError(f"{head}; remove or replace them, or set dataset.on_bad_image=replace")
-        print(f"{head}; each is replaced by another image of the same identity when drawn", flush=True)
+        if bad:
+            head = f"{len(bad)} training file(s) of '{self.name}' cannot be read (first: {', '.join(bad[:3])})"
+            if self.on_bad_image == "error":
+                raise UserError(f"{head}; remove or replace them, or set dataset.on_bad_image=replace")
+            print(f"{head}; each is replaced by another image of the same identity when drawn", flush=True)
+        if self.use_masks:
+            # A label map with values outside the label set (or of another image's shape) would
+            # stop training at the batch that draws it: decode them all now (seconds).
+            pairs = [(r.mask_path, r.path) for r in data.train if r.mask_path and r.path not in bad]
+            problems = label_map_problems(pairs, self.mask_scheme)
+            if problems:
+                more = f" (and {len(problems) - 1} more label map(s))" if len(problems) > 1 else ""
+                raise UserError(f"{problems[0]}{more}; fix or remake them (python -m magnifier.parse), "
+                                "or name their label set with masks.scheme=")
 
     def _scan_evaluation_files(self, data: ReIDData) -> None:
         # Query and gallery images cannot be swapped for others without changing the protocol.
@@ -235,11 +245,21 @@ class ReIDDataModule(pl.LightningDataModule):
                 "the evaluation protocol needs every one of them: restore them from the original release"
             )
 
+    def check_files(self, stage: str | None = None) -> None:
+        """The set-up scan of the files ``stage`` reads (``fit``: training images and label maps,
+        then query and gallery), once per process: the training command runs it before any logger
+        or loader exists, and :meth:`setup` then skips what was checked."""
+        data = self.load()
+        if stage in (None, "fit") and "train" not in self._checked:
+            self._scan_training_files(data)
+            self._checked.add("train")
+        if "eval" not in self._checked:
+            self._scan_evaluation_files(data)
+            self._checked.add("eval")
+
     def setup(self, stage: str | None = None) -> None:
         data = self.load()
-        if stage in (None, "fit"):
-            self._scan_training_files(data)
-        self._scan_evaluation_files(data)
+        self.check_files(stage)
         table = self.load_attributes()
         try:
             self.train_set = ReIDImageDataset(
