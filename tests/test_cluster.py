@@ -150,7 +150,7 @@ def test_submitit_job_stopped_at_its_time_limit_saves_requeues_and_resumes(tiny_
 
     import torch
 
-    assert json.loads((job / "results.json").read_text())["status"] == "finished"
+    assert json.loads((job / "metrics.json").read_text())["status"] == "finished"
     final = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # As many steps as 14 whole epochs: the resumed epochs started where the stopped ones ended.
     from hydra.utils import instantiate

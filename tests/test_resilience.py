@@ -195,7 +195,7 @@ def test_sigterm_saves_last_ckpt_and_exits_143(tiny_data_dir, tmp_path):
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == step
     import json
 
-    result = json.loads((ckpt.parent.parent / "results.json").read_text())
+    result = json.loads((ckpt.parent.parent / "metrics.json").read_text())
     assert result["status"] == "stopped"
 
 

@@ -34,7 +34,7 @@ def test_table_rows_from_run_folders_by_hand(tmp_path):
               dict(status="finished", metrics={"val/rank1": 0.5, "val/mAP": 0.25, "test/mINP": 0.125}, runtime_s=90.0))
     _fake_run(tmp_path, "1", ["seed=1", "optim.optimizer.lr=0.2"],
               dict(status="failed", metrics={}, runtime_s=3.0, error="boom"))
-    _fake_run(tmp_path, "10", ["seed=1", "optim.optimizer.lr=0.3"], None)  # killed: no results.json
+    _fake_run(tmp_path, "10", ["seed=1", "optim.optimizer.lr=0.3"], None)  # killed: no metrics.json
     (tmp_path / ".submitit").mkdir()  # not a run
     rows = collect(tmp_path)
     assert [r["run"] for r in rows] == ["0", "1", "10"]  # job order, not string order
@@ -73,13 +73,13 @@ def test_grid_multirun_ends_with_the_table_and_the_command_rebuilds_it(tiny_data
     assert len(rows) == 2 and "| optim.optimizer.lr=0.00035 |" in rows[0] and "| optim.optimizer.lr=0.001 |" in rows[1]
     table = list(csv.DictReader(open(sweep / "results.csv")))
     for row, job in zip(table, ("0", "1")):
-        result = json.loads((sweep / job / "results.json").read_text())
+        result = json.loads((sweep / job / "metrics.json").read_text())
         assert row["status"] == "finished" and row["folder"] == str(sweep / job)
         assert float(row["val/mAP"]) == pytest.approx(100 * result["metrics"]["val/mAP"], abs=0.006)
         assert float(row["test/rank1"]) == pytest.approx(100 * result["metrics"]["test/rank1"], abs=0.006)
         assert float(row["time_min"]) > 0
     # A crash half-way: the second run lost its results; the command rebuilds the table.
-    (sweep / "1" / "results.json").unlink()
+    (sweep / "1" / "metrics.json").unlink()
     (sweep / "results.csv").unlink()
     rebuilt = subprocess.run([sys.executable, "-m", "magnifier.results", str(sweep)], env=ENV, capture_output=True,
                              text=True, timeout=300)

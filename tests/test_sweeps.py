@@ -53,7 +53,7 @@ def test_optuna_search_persists_its_study_and_resumes(tiny_data_dir, tmp_path):
     study = optuna.load_study(study_name="train", storage=f"sqlite:///{sweep / 'optuna.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     for trial in study.trials:  # trial i ran in folder i and its value is that run's validation mAP
-        result = json.loads((sweep / str(trial.number) / "results.json").read_text())
+        result = json.loads((sweep / str(trial.number) / "metrics.json").read_text())
         assert trial.value == pytest.approx(result["metrics"]["val/mAP"])
         overrides = (sweep / str(trial.number) / ".hydra" / "overrides.yaml").read_text()
         assert f"optim.optimizer.lr={trial.params['optim.optimizer.lr']}" in overrides
@@ -83,7 +83,7 @@ def test_sweeps_over_unknown_keys_stop_before_the_first_run(args, key, tmp_path)
     assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and f"names {key}, which the config does not have" in last
-    assert not (tmp_path / "data").exists() and not list(tmp_path.rglob("results.json"))  # no run started
+    assert not (tmp_path / "data").exists() and not list(tmp_path.rglob("metrics.json"))  # no run started
 
 
 def test_sweeps_over_known_keys_and_groups_are_accepted(tmp_path):

@@ -104,7 +104,7 @@ def config_error_line(err: BaseException, config_name: str, overrides: list[str]
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-    text = str(err).strip()
+    text = str(err).strip() or str(err.__cause__ or "").strip()  # some carry the message in their cause
     first = text.splitlines()[0] if text else type(err).__name__
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
         group, _, option = err.missing_cfg_file.rpartition("/")

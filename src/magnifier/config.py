@@ -38,8 +38,24 @@ def log_interval(gpus, accelerator) -> int:
     return 50 if on_gpu else 1
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity: a SLURM or container allotment)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def loader_workers(wanted, gpus=0) -> int:
+    """``dataset.num_workers`` sized to the machine: ``wanted``, but no more than the usable cores
+    shared among this node's training processes (one per GPU with ``trainer.gpus``). More workers
+    than cores only compete with the training process (and PyTorch warns about it)."""
+    processes = int(gpus) if gpus and int(gpus) > 0 else 1
+    return max(0, min(int(wanted), usable_cores() // processes))
+
+
 def register_resolvers() -> None:
     """``${magnifier_root:}``, ``${wandb_offline:}``, ``${log_interval:gpus,accelerator}``,
+    ``${loader_workers:wanted,gpus}``,
     ``${slurm_tasks:N}`` and ``${slurm_gpus:N}`` (the SLURM launcher's geometry from
     ``trainer.gpus``) in the configs."""
     if not OmegaConf.has_resolver("magnifier_root"):
@@ -48,6 +64,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("wandb_offline", _wandb_offline)
     if not OmegaConf.has_resolver("log_interval"):
         OmegaConf.register_new_resolver("log_interval", log_interval)
+    if not OmegaConf.has_resolver("loader_workers"):
+        OmegaConf.register_new_resolver("loader_workers", loader_workers)
     if not OmegaConf.has_resolver("slurm_tasks"):
         from magnifier.cluster import slurm_gpus_per_node, slurm_tasks_per_node
 
@@ -75,7 +93,7 @@ def _cuda_device_count() -> int:
 
 
 def trainer_kwargs(trainer_cfg: DictConfig | dict, cuda_device_count=_cuda_device_count,
-                   environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+                   environ: Mapping[str, str] | None = None, check_devices: bool = True) -> dict[str, Any]:
     """Map the ``trainer`` config onto ``pytorch_lightning.Trainer`` arguments.
 
     ``gpus`` is the Lightning-1 style switch users know (``trainer.gpus=4``): 0 or null leaves
@@ -83,17 +101,19 @@ def trainer_kwargs(trainer_cfg: DictConfig | dict, cuda_device_count=_cuda_devic
     for N > 1, the DDP strategy with synchronised batch norm; -1 means every visible GPU. It is
     checked against the visible CUDA devices before anything else runs, and ``num_nodes > 1``
     against the launch environment (``environ``, default ``os.environ``): see
-    :func:`magnifier.cluster.check_num_nodes`.
+    :func:`magnifier.cluster.check_num_nodes`. ``check_devices=False`` maps without either
+    check: what a run would use on the machine it is meant for (``dry_run=true``).
     """
     cfg = OmegaConf.to_container(trainer_cfg, resolve=True) if isinstance(trainer_cfg, DictConfig) else dict(trainer_cfg)
     cfg.pop("_target_", None)
     gpus = cfg.pop("gpus", None)
     if gpus in (None, 0):
-        check_num_nodes(cfg.get("num_nodes"), cfg.get("devices"), environ)
+        if check_devices:
+            check_num_nodes(cfg.get("num_nodes"), cfg.get("devices"), environ)
         return cfg
     if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < -1:
         raise UserError(f"trainer.gpus={gpus} is not a GPU count; use an integer N >= 1, -1 for all GPUs, or 0")
-    visible = cuda_device_count()
+    visible = cuda_device_count() if check_devices else max(gpus, 1)
     if gpus == -1:
         if visible == 0:
             raise UserError("trainer.gpus=-1 but 0 CUDA devices are visible; use trainer.gpus=0 to train on the CPU")
@@ -109,5 +129,36 @@ def trainer_kwargs(trainer_cfg: DictConfig | dict, cuda_device_count=_cuda_devic
         if cfg.get("strategy", "auto") == "auto":
             cfg["strategy"] = "ddp"
         cfg["sync_batchnorm"] = True
-    check_num_nodes(cfg.get("num_nodes"), gpus, environ)
+    if check_devices:
+        check_num_nodes(cfg.get("num_nodes"), gpus, environ)
     return cfg
+
+
+def describe_run(cfg: DictConfig, kwargs: dict[str, Any]) -> str:
+    """What a run really uses, resolved: the Trainer's device settings after the ``gpus``
+    mapping, and the folders (``--cfg job`` shows ``gpus: 4`` beside ``devices: 1`` and paths
+    as ``${...}``). Printed at the start of every training run and by ``dry_run=true``."""
+    paths = cfg.get("paths") or {}
+    dataset = cfg.get("dataset") or {}
+    devices = kwargs.get("devices", 1)
+    accelerator = str(kwargs.get("accelerator", "auto"))
+    if accelerator == "auto":  # Lightning's choice: a GPU when one is visible
+        import torch
+
+        accelerator += " (gpu here)" if torch.cuda.is_available() else " (cpu here)"
+    trainer = (f"accelerator={accelerator} devices={devices} "
+               f"num_nodes={kwargs.get('num_nodes', 1)} strategy={kwargs.get('strategy', 'auto')} "
+               f"sync_batchnorm={str(bool(kwargs.get('sync_batchnorm', False))).lower()} "
+               f"precision={kwargs.get('precision', '32-true')}")
+    data = dataset.get("root")
+    if dataset.get("name") == "synthetic" and data:
+        data = os.path.join(data, "synthetic")
+    lines = [
+        f"trainer: {trainer} max_epochs={kwargs.get('max_epochs')} "
+        f"validation every {kwargs.get('check_val_every_n_epoch')} epoch(s) and after the last",
+        f"data: dataset={dataset.get('name')} in {data}; batch {dataset.get('batch_size')} "
+        f"(P x K, K={dataset.get('num_instances')}) at {dataset.get('height')}x{dataset.get('width')}, "
+        f"{dataset.get('num_workers')} loader worker(s) per process ({usable_cores()} cores here)",
+        f"run folder: {paths.get('output_dir')}",
+    ]
+    return "\n".join(lines)

@@ -44,10 +44,16 @@ def discard_failed_start() -> Path | None:
         return None
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
-    made_by_start = {str(hydra_cfg.output_subdir or ".hydra"), f"{hydra_cfg.job.name}.log", "results.json"}
+    made_by_start = {str(hydra_cfg.output_subdir or ".hydra"), f"{hydra_cfg.job.name}.log", "metrics.json"}
     if not folder.is_dir() or any(entry.name not in made_by_start for entry in folder.iterdir()):
         return None
     shutil.rmtree(folder, ignore_errors=True)
+    # Hydra made the <task>/runs/ folders above it too: remove them if nothing else is there.
+    for parent in list(folder.parents)[:2]:
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (other runs), or not ours to remove
+            break
     return folder
 
 

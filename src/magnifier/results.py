@@ -1,7 +1,8 @@
 """The results table of a sweep: one row per run, rebuilt from the run folders.
 
-Every training run writes ``results.json`` into its folder when it ends (finished, failed, or
-stopped by a signal); a run that was killed outright leaves none and shows as ``incomplete``.
+Every training run writes ``metrics.json`` into its folder when it ends (finished, failed, or
+stopped by a signal): status, the final validation and test rows, the best checkpoint and the
+run time. A run that was killed outright leaves none and shows as ``incomplete``.
 At the end of every multirun (grid or Optuna) :class:`ResultsTableCallback`, a Hydra callback,
 prints the table and writes ``results.csv`` and ``results.md`` into the sweep folder, and
 
@@ -22,8 +23,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-#: File each run writes into its output folder.
-RUN_RESULTS = "results.json"
+def say(text: str) -> None:
+    """Print ``text`` and also write it into the run's log file (Hydra's ``<task>.log``), so that
+    the log holds what the console showed (the dataset summary, the results table) without
+    the console showing it twice."""
+    import logging
+
+    print(text, flush=True)
+    record = logging.LogRecord("magnifier", logging.INFO, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+#: File each run writes into its output folder (``results.json`` before 2026-11-27, still read).
+RUN_RESULTS = "metrics.json"
+_OLD_RUN_RESULTS = "results.json"
+#: The metrics of a final row (``val/<key>``, ``test/<key>``), fractions in [0, 1].
+ROW_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 #: Metric columns, in percent: validation and test rank-1, mAP, mINP.
 METRIC_COLUMNS = [f"{split}/{key}" for split in ("val", "test") for key in ("rank1", "mAP", "mINP")]
 COLUMNS = ["run", "overrides", *METRIC_COLUMNS, "time_min", "status", "folder"]
@@ -31,10 +48,17 @@ COLUMNS = ["run", "overrides", *METRIC_COLUMNS, "time_min", "status", "folder"]
 
 def write_run_results(output_dir: str | Path, status: str, metrics: dict[str, float], runtime_s: float,
                       best_checkpoint: str | None = None, error: str | None = None) -> Path:
-    """Write a run's ``results.json``: status (finished | failed | stopped), final metrics, run time."""
+    """Write a run's ``metrics.json``.
+
+    Keys: ``status`` (finished | failed | stopped), ``val`` and ``test`` (the final rows:
+    rank1, rank5, rank10, mAP, mINP as fractions; empty when that split was not evaluated),
+    ``best_checkpoint``, ``runtime_s``, ``error``, and ``metrics`` (every logged value, flat).
+    """
     path = Path(output_dir) / RUN_RESULTS
-    body = {"status": status, "metrics": {k: float(v) for k, v in metrics.items()}, "runtime_s": float(runtime_s),
-            "best_checkpoint": best_checkpoint, "error": error}
+    flat = {k: float(v) for k, v in metrics.items()}
+    rows = {split: {k: flat[f"{split}/{k}"] for k in ROW_KEYS if f"{split}/{k}" in flat} for split in ("val", "test")}
+    body = {"status": status, **rows, "best_checkpoint": best_checkpoint, "runtime_s": float(runtime_s),
+            "error": error, "metrics": flat}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(body, indent=2))
@@ -42,14 +66,20 @@ def write_run_results(output_dir: str | Path, status: str, metrics: dict[str, fl
     return path
 
 
+def read_run_results(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's ``metrics.json`` (or the older ``results.json``); {} when it has none."""
+    for name in (RUN_RESULTS, _OLD_RUN_RESULTS):
+        try:
+            return json.loads((Path(run_dir) / name).read_text())
+        except (OSError, ValueError):
+            continue
+    return {}
+
+
 def earlier_runtime_s(output_dir: str | Path) -> float:
     """Run time already spent in this folder by a run that was stopped there (SIGTERM, a
     requeued SLURM job) and is now continued: the table shows the total."""
-    path = Path(output_dir) / RUN_RESULTS
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return 0.0
+    result = read_run_results(output_dir)
     return float(result.get("runtime_s", 0.0)) if result.get("status") == "stopped" else 0.0
 
 
@@ -82,8 +112,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     common = set.intersection(*(set(o) for o in overrides)) if len(runs) > 1 else set()
     rows = []
     for run, ovr in zip(runs, overrides):
-        path = run / RUN_RESULTS
-        result = json.loads(path.read_text()) if path.is_file() else {}
+        result = read_run_results(run)
         metrics = result.get("metrics", {})
         row: dict[str, Any] = {"run": run.name, "overrides": " ".join(o for o in ovr if o not in common)}
         for key in METRIC_COLUMNS:

@@ -16,8 +16,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from magnifier.config import config_dir, instantiate_config, register_resolvers, trainer_kwargs  # noqa: E402
-from magnifier.errors import UserError, exit_on_user_error  # noqa: E402
+from magnifier.config import config_dir, describe_run, instantiate_config, register_resolvers, trainer_kwargs  # noqa: E402
+from magnifier.errors import UserError, discard_failed_start, exit_on_user_error  # noqa: E402
+from magnifier.results import say  # noqa: E402
 
 log = logging.getLogger("magnifier.train")
 register_resolvers()
@@ -127,11 +128,17 @@ def _is_global_zero() -> bool:
 def train(cfg: DictConfig) -> dict:
     """Fit and test as the config says; returns the final metrics (``val/...`` and ``test/...``).
 
-    Whatever the outcome, the first process writes ``results.json`` (status, metrics, run time)
+    Whatever the outcome, the first process writes ``metrics.json`` (status, metrics, run time)
     into the run folder: the row of this run in a sweep's results table (magnifier.results).
     """
     from magnifier.results import earlier_runtime_s, write_run_results
 
+    if cfg.get("dry_run", False):
+        # What the run would use on the machine it is meant for (no GPU check, nothing read).
+        print(describe_run(cfg, trainer_kwargs(cfg.trainer, check_devices=False))
+              + "\n(dry run: no data read, no run folder kept; drop dry_run=true to train)", flush=True)
+        discard_failed_start()  # the run folder Hydra made holds nothing of a run
+        return {}
     start, state = time.perf_counter(), {"metrics": {}, "best": None}
     output_dir = (cfg.get("paths") or {}).get("output_dir")
     start -= earlier_runtime_s(output_dir) if output_dir else 0.0
@@ -175,6 +182,8 @@ def _train(cfg: DictConfig, state: dict) -> dict:
 
     # The GPU check comes before any data is touched: a wrong trainer.gpus fails in a second.
     kwargs = trainer_kwargs(cfg.trainer)
+    if _is_global_zero():
+        say(describe_run(cfg, kwargs))
     _check_logger(cfg)
     ckpt_path, why = _resume_checkpoint(cfg)
     if why and _is_global_zero():
@@ -200,7 +209,7 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     # builds a missing synthetic dataset; DDP workers are launched after this point.
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         datamodule.prepare_data()
-        print(datamodule.load().summary(), flush=True)
+        say(datamodule.load().summary())
     else:
         datamodule.load()
     _check_attributes(cfg, datamodule)
@@ -252,7 +261,7 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     if trainer.is_global_zero:
         split = "test" if any(k.startswith("test/") for k in metrics) else "val"
         shown = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(split + "/")}
-        print(f"\n{cfg.dataset.name} query/gallery ({split}, %):\n" + format_results(shown, best), flush=True)
+        say(f"\n{cfg.dataset.name} query/gallery ({split}, %):\n" + format_results(shown, best))
     # A DDP run closes its process group here, not at interpreter exit, where Gloo's threads
     # can abort the process (SIGABRT) after a run that succeeded: see magnifier.distributed.
     close_process_group()
