@@ -31,13 +31,27 @@ class ImageRecord:
 
 @dataclass
 class ReIDData:
-    """The three splits of a ReID dataset: ``train``, ``query`` and ``gallery``."""
+    """The three splits of a ReID dataset: ``train``, ``query`` and ``gallery``.
+
+    ``camera_names`` maps each 0-based query/gallery ``camid`` to the camera as the dataset
+    names it (Market's ``0195_c3s1_...`` is camid 2, named ``"3"``), for pictures and messages;
+    a camid the dataset gave no name (a CSV row without one) is absent. ``camera_warning`` is a
+    one-line ``warning: ...`` when the query/gallery cameras are unknown, so that the
+    cross-camera protocol cannot be followed; None when they are known.
+    """
 
     name: str
     root: str
     train: list[ImageRecord] = field(default_factory=list)
     query: list[ImageRecord] = field(default_factory=list)
     gallery: list[ImageRecord] = field(default_factory=list)
+    camera_names: dict[int, str] = field(default_factory=dict)
+    camera_warning: str | None = None
+
+    @property
+    def cameras_known(self) -> bool:
+        """Whether every query and gallery image has its real camera (the protocol holds)."""
+        return self.camera_warning is None
 
     @property
     def num_train_pids(self) -> int:
@@ -58,6 +72,8 @@ class ReIDData:
             ids = len({r.pid for r in recs})
             cams = len({r.camid for r in recs})
             lines.append(f"  {split:<8} {ids:>7} {len(recs):>8} {cams:>8}")
+        if self.camera_warning:
+            lines.append(self.camera_warning)
         return "\n".join(lines)
 
 
@@ -66,6 +82,12 @@ def relabel(records: list[ImageRecord]) -> list[ImageRecord]:
     original pid stays in ``orig_pid``."""
     mapping = {pid: i for i, pid in enumerate(sorted({r.pid for r in records}))}
     return [replace(r, pid=mapping[r.pid], orig_pid=r.original_pid) for r in records]
+
+
+def names_counted_from_one(records: list[ImageRecord]) -> dict[int, str]:
+    """``camid -> name`` for readers whose file names number cameras from 1 (``c3``, MSMT17's
+    ``_03_``) and store ``camid = number - 1``: the name is that number again."""
+    return {camid: str(camid + 1) for camid in sorted({r.camid for r in records})}
 
 
 def find_dataset_dir(root: str | Path, official_names: tuple[str, ...]) -> Path:

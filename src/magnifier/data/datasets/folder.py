@@ -9,7 +9,8 @@ gallery; paths are relative to the dataset folder or absolute.
 Without camera ids (no ``camid`` column, or an empty cell) every query image gets camera 0 and
 every gallery image camera 1. The Market-1501 protocol then excludes nothing from a query's
 gallery, so keep the same image (or a near copy from the same shot) out of both query and
-gallery: otherwise it is found at rank 1 and the metrics are inflated.
+gallery: otherwise it is found at rank 1 and the metrics are inflated. The dataset's
+``camera_warning`` says so in one line (the set-up summary prints it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from magnifier.errors import UserError
 
-from .base import ImageRecord, ReIDData, find_mask, relabel
+from .base import ImageRecord, ReIDData, find_mask, names_counted_from_one, relabel
 from .market import IMAGE_SUFFIXES, SPLIT_DIRS
 
 FOLDER_PATTERN = re.compile(r"^(-?\d+)_c(\d+)")
@@ -46,7 +47,23 @@ def _from_folders(root: Path) -> ReIDData:
                 continue
             records.append(ImageRecord(str(image), pid, cam - 1, find_mask(root, image)))
         setattr(data, split, records)
+    data.camera_names = names_counted_from_one(data.query + data.gallery)
     return data
+
+
+def _camera_warning(csv_path: Path, has_column: bool, unknown: int, total: int) -> str | None:
+    """The one-line warning for ``unknown`` of ``total`` query/gallery rows without a camera, or
+    None when all have one (training rows do not matter: the protocol is query vs gallery)."""
+    if not unknown:
+        return None
+    if has_column:
+        what, who = f"{unknown} of {total} query/gallery rows of {csv_path} have an empty camid cell", "those"
+        fix = "fill in every query and gallery camid"
+    else:
+        what, who, fix = f"{csv_path} has no camid column", "every", "add a camid column (each image's 0-based camera)"
+    return (f"warning: {what}: {who} query images get camera 0 and {who} gallery images camera 1, so no same-camera "
+            "gallery image is left out of a query's ranking: the ranking does not follow the cross-camera protocol "
+            f"and rank-1/mAP are not comparable with published numbers; {fix}")
 
 
 def _from_csv(root: Path, csv_path: Path) -> ReIDData:
@@ -58,6 +75,8 @@ def _from_csv(root: Path, csv_path: Path) -> ReIDData:
         missing = {"path", "pid", "split"} - set(reader.fieldnames or [])
         if missing:
             raise UserError(f"{csv_path}:1: the header needs columns path,pid,split (and optionally camid); missing {sorted(missing)}")
+        has_column = "camid" in (reader.fieldnames or [])
+        unknown = 0  # query/gallery rows without a camera
         for row in reader:
             lineno = reader.line_num
             split = (row["split"] or "").strip()
@@ -69,11 +88,15 @@ def _from_csv(root: Path, csv_path: Path) -> ReIDData:
                 raise UserError(f"{csv_path}:{lineno}: image {path} does not exist")
             try:
                 pid = int(row["pid"])
-                cam = row.get("camid")
-                camid = int(cam) if cam not in (None, "") else NO_CAMERA[split]
+                cam = (row.get("camid") or "").strip()
+                camid = int(cam) if cam else NO_CAMERA[split]
             except ValueError:
                 raise UserError(f"{csv_path}:{lineno}: pid and camid must be integers") from None
+            if split != "train" and cam:
+                data.camera_names[camid] = str(camid)  # the CSV's own (0-based) numbering
+            unknown += split != "train" and not cam
             getattr(data, split).append(ImageRecord(str(path), pid, camid, find_mask(root, path)))
+    data.camera_warning = _camera_warning(csv_path, has_column, unknown, len(data.query) + len(data.gallery))
     return data
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from magnifier.errors import UserError
 
-from .base import ImageRecord, ReIDData, find_dataset_dir, find_mask, relabel
+from .base import ImageRecord, ReIDData, find_dataset_dir, find_mask, names_counted_from_one, relabel
 
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -88,6 +88,7 @@ def read_market_style(spec: MarketStyleSpec, root: str | Path) -> ReIDData:
     data.train = relabel(_read_split(spec, dataset_dir, "train"))
     data.query = _read_split(spec, dataset_dir, "query")
     data.gallery = _read_split(spec, dataset_dir, "gallery")
+    data.camera_names = names_counted_from_one(data.query + data.gallery)
     if not data.train:
         raise UserError(f"dataset '{spec.name}': no usable training images in {dataset_dir / SPLIT_DIRS['train']}; {_layout_hint(spec)}")
     return data

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from magnifier.errors import UserError
 
-from .base import ImageRecord, ReIDData, find_mask, relabel
+from .base import ImageRecord, ReIDData, find_mask, names_counted_from_one, relabel
 
 VERSIONS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}
 LISTS = {"train": ("list_train.txt", "list_val.txt"), "query": ("list_query.txt",), "gallery": ("list_gallery.txt",)}
@@ -64,4 +64,5 @@ def read_msmt17(root: str | Path) -> ReIDData:
     data.train = relabel(train)
     data.query = _read_list(dataset_dir, LISTS["query"][0], test_dir)
     data.gallery = _read_list(dataset_dir, LISTS["gallery"][0], test_dir)
+    data.camera_names = names_counted_from_one(data.query + data.gallery)
     return data
