@@ -91,3 +91,24 @@ def test_a_short_run_under_a_long_validation_interval_still_ends_with_a_best_che
     assert set(result["val"]) == set(result["test"]) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
     assert 0 <= result["test"]["mAP"] <= 1 and result["runtime_s"] > 0
     assert f"{100 * result['test']['rank1']:8.2f}" in run.stdout
+
+
+def test_a_folder_dataset_without_camera_ids_warns_at_start_and_beside_the_table(tiny_data_dir, tmp_path):
+    """Without camera ids the ranking is another protocol (rank-1 57.1 against 14.3 on the same
+    data, as seen by a user): the run says so at the start and again under the results."""
+    root = tiny_data_dir / "synthetic"
+    rows = ["path,pid,split"]
+    for split, folder in (("train", "bounding_box_train"), ("query", "query"), ("gallery", "bounding_box_test")):
+        rows += [f"{folder}/{p.name},{int(p.name[:4])},{split}" for p in sorted((root / folder).glob("*.jpg"))]
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    run = _train("dataset=folder", f"paths.data_dir={root}", f"dataset.options.csv={csv_path}",
+                 "model/backbone=resnet18", "dataset.height=64", "dataset.width=32", "dataset.batch_size=16",
+                 "dataset.num_instances=4", "dataset.num_workers=0", f"paths.log_dir={tmp_path / 'logs'}", "logger=csv",
+                 "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "~callbacks.progress_bar")
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    warnings = [i for i, ln in enumerate(lines) if ln.startswith(f"warning: {csv_path} has no camid column")]
+    table = next(i for i, ln in enumerate(lines) if ln.startswith("folder query/gallery"))
+    assert len(warnings) == 2 and warnings[0] < table < warnings[1], run.stdout
+    assert "not comparable with published numbers" in lines[warnings[1]]

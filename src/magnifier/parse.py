@@ -120,7 +120,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    if not config_dir().is_dir():
-        print(f"error: Hydra configs not found in {config_dir()}; set MAGNIFIER_CONFIG_DIR", file=sys.stderr)
-        sys.exit(2)
-    main()
+    from magnifier.cli import run_entry_point
+
+    run_entry_point(main, "parse")

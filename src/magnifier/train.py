@@ -262,6 +262,9 @@ def _train(cfg: DictConfig, state: dict) -> dict:
         split = "test" if any(k.startswith("test/") for k in metrics) else "val"
         shown = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(split + "/")}
         say(f"\n{cfg.dataset.name} query/gallery ({split}, %):\n" + format_results(shown, best))
+        warning = getattr(datamodule.load(), "camera_warning", None)
+        if warning:  # printed at the start too; beside the table, where the numbers are read
+            say(warning)
     # A DDP run closes its process group here, not at interpreter exit, where Gloo's threads
     # can abort the process (SIGABRT) after a run that succeeded: see magnifier.distributed.
     close_process_group()

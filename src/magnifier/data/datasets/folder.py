@@ -57,11 +57,12 @@ def _camera_warning(csv_path: Path, has_column: bool, unknown: int, total: int) 
     if not unknown:
         return None
     if has_column:
-        what, who = f"{unknown} of {total} query/gallery rows of {csv_path} have an empty camid cell", "those"
-        fix = "fill in every query and gallery camid"
+        what = f"{unknown} of {total} query/gallery rows of {csv_path} have an empty camid cell"
+        images, fix = "such query image gets camera 0 and each such gallery image", "fill in every query and gallery camid"
     else:
-        what, who, fix = f"{csv_path} has no camid column", "every", "add a camid column (each image's 0-based camera)"
-    return (f"warning: {what}: {who} query images get camera 0 and {who} gallery images camera 1, so no same-camera "
+        what, fix = f"{csv_path} has no camid column", "add a camid column (each image's 0-based camera)"
+        images = "query image gets camera 0 and every gallery image"
+    return (f"warning: {what}: every {images} camera 1, so no same-camera "
             "gallery image is left out of a query's ranking: the ranking does not follow the cross-camera protocol "
             f"and rank-1/mAP are not comparable with published numbers; {fix}")
 
