@@ -20,8 +20,10 @@ def exported(tiny_checkpoint, tmp_path_factory):
     from magnifier.export import export
 
     out = tmp_path_factory.mktemp("export")
-    path = export(compose([f"ckpt_path={tiny_checkpoint}", f"paths.log_dir={out / 'logs'}"],
-                          output_dir=str(out), config_name="export"))
+    # An explicit output= wins over the default (beside the checkpoint's run folder).
+    path = export(compose([f"ckpt_path={tiny_checkpoint}", f"paths.log_dir={out / 'logs'}",
+                           f"output={out / 'model.onnx'}"], output_dir=str(out), config_name="export"))
+    assert path == out / "model.onnx"
     return path
 
 
@@ -122,3 +124,32 @@ def test_bad_input_gets_one_line(tmp_path, tiny_checkpoint):
     run = _cli(base + [f"ckpt_path={tiny_checkpoint}", "format=tensorrt"], tmp_path)
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and lines == ["error: format=tensorrt is not supported; use format=onnx"]
+
+
+def test_default_output_is_model_onnx_in_the_checkpoints_run_folder(tmp_path, tiny_checkpoint):
+    import shutil
+
+    ckpt = tmp_path / "runs" / "x" / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, ckpt)
+    run = _cli([f"ckpt_path={ckpt}", f"paths.log_dir={tmp_path / 'logs'}", "check=false"], tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    model = tmp_path / "runs" / "x" / "model.onnx"
+    assert model.is_file() and Path(str(model) + ".json").is_file()
+    assert f"wrote {model} " in run.stdout
+    # Nothing else: no empty Hydra run folder left under logs/export, nothing in the working folder.
+    # (Hydra makes paths.log_dir itself when it is missing: an empty logs/ may stay.)
+    assert not (tmp_path / "logs" / "export").exists()
+    assert {p.name for p in tmp_path.iterdir()} <= {"runs", "logs"}
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").iterdir())
+    assert sorted(p.name for p in model.parent.iterdir()) == [
+        "checkpoints", "model.onnx", "model.onnx.json"]
+
+
+def test_default_output_of_a_checkpoint_outside_a_checkpoints_folder_is_beside_it(tmp_path):
+    from magnifier.export import default_output
+
+    run_dir = tmp_path / "runs" / "x"
+    assert default_output(run_dir / "checkpoints" / "best.ckpt") == run_dir / "model.onnx"
+    assert default_output(tmp_path / "downloads" / "a.ckpt") == tmp_path / "downloads" / "model.onnx"
+    assert default_output("market.ckpt") == Path("model.onnx")

@@ -46,10 +46,21 @@ def read_records(path: Path):
             yield record
 
 
+def _set_items(target: dict, items) -> None:
+    """Put history or summary items into ``target``; a logged dict (an image, a table) comes
+    key by key."""
+    for item in items:
+        path = list(item.nested_key) or [item.key]
+        place = target
+        for key in path[:-1]:
+            place = place.setdefault(key, {})
+        place[path[-1]] = json.loads(item.value_json)
+
+
 def read_run(folder: Path) -> dict:
-    """What one offline run holds: run record, config, history rows, artifacts, files."""
+    """What one offline run holds: run record, config, history rows, summary, artifacts, files."""
     (path,) = folder.glob("run-*.wandb")
-    run = {"config": {}, "history": [], "artifacts": [], "files": set()}
+    run = {"config": {}, "history": [], "summary": {}, "artifacts": [], "files": set()}
     for record in read_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -58,13 +69,10 @@ def read_run(folder: Path) -> dict:
             run["config"].update({item.key: json.loads(item.value_json) for item in record.config.update})
         elif kind == "history":
             row: dict = {}
-            for item in record.history.item:  # a logged dict (an image, a table) comes key by key
-                path = list(item.nested_key) or [item.key]
-                place = row
-                for key in path[:-1]:
-                    place = place.setdefault(key, {})
-                place[path[-1]] = json.loads(item.value_json)
+            _set_items(row, record.history.item)
             run["history"].append(row)
+        elif kind == "summary":  # updates: the last value of each key wins
+            _set_items(run["summary"], record.summary.update)
         elif kind == "artifact":
             run["artifacts"].append(record.artifact)
         elif kind == "files":

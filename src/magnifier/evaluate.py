@@ -132,6 +132,22 @@ def _log_wandb(loggers: list, per_query: dict, feats: dict, pictures) -> None:
                          data=data)
 
 
+def _run_config(cfg: DictConfig, model: dict, dataset_args: dict) -> dict:
+    """The evaluation's resolved config for the loggers (flat on W&B, as a training run's).
+
+    ``model`` is the checkpoint's network (the model group only lets training presets compose)
+    and the dataset is as the data module was built (``dataset_args``: no label maps, the
+    checkpoint's input size). The training-only groups (loss, optim, trainer) are left out: in
+    a project shared with training runs, their columns would describe what was not evaluated.
+    """
+    from magnifier.loggers import run_config  # Lightning is imported after Hydra's logging set-up
+
+    config = run_config(cfg, drop=("loss", "optim", "trainer"))
+    config["model"] = model
+    config["dataset"] = {**config["dataset"], **dataset_args}
+    return config
+
+
 @exit_on_user_error
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.dataset``; returns {"plain": {...}, "reranked": {...}}."""
@@ -159,7 +175,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(f"eval.input={cfg.eval.input}: use checkpoint or dataset")
     trained = info.get("data") or {}
     same_input = {k: v for k, v in trained.items() if v is not None} if cfg.eval.get("input") == "checkpoint" else {}
-    datamodule = instantiate_config(cfg.dataset, use_masks=False, eval_masks=False, **same_input)
+    dataset_args = dict(use_masks=False, eval_masks=False, **same_input)
+    datamodule = instantiate_config(cfg.dataset, **dataset_args)
     datamodule.prepare_data()
     print(datamodule.load().summary(), flush=True)
     datamodule.setup("test")
@@ -217,6 +234,9 @@ def evaluate(cfg: DictConfig) -> dict:
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     try:
+        config = _run_config(cfg, info["model"], dataset_args)
+        for logger in loggers:
+            logger.log_hyperparams(config)
         _log_wandb(loggers, final, feats, pictures)
         for logger in loggers:
             logger.log_metrics({f"{n}/{k}": v for n, m in rows.items() for k, v in m.items()})

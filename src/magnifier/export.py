@@ -21,7 +21,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from magnifier.config import config_dir, register_resolvers  # noqa: E402
-from magnifier.errors import UserError, exit_on_user_error  # noqa: E402
+from magnifier.errors import UserError, discard_failed_start, exit_on_user_error  # noqa: E402
 
 log = logging.getLogger("magnifier.export")
 register_resolvers()
@@ -31,6 +31,17 @@ FORMATS = ("onnx",)
 #: predates the saved data settings).
 DEFAULT_INPUT = {"height": 256, "width": 128, "mean": [0.485, 0.456, 0.406],
                  "std": [0.229, 0.224, 0.225]}
+
+
+def default_output(ckpt_path: str | Path) -> Path:
+    """Where the model goes without ``output=``: ``<run dir>/model.onnx``.
+
+    The run dir is the training run's folder, the one that holds ``checkpoints/<ckpt>``; a
+    checkpoint elsewhere (downloaded, copied) gets the model beside it.
+    """
+    ckpt = Path(ckpt_path)
+    folder = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return folder / "model.onnx"
 
 
 def export_onnx(net, path: Path, height: int, width: int, opset: int = 18) -> None:
@@ -81,7 +92,7 @@ def export(cfg: DictConfig) -> Path:
     data = {**DEFAULT_INPUT, **{k: v for k, v in (info.get("data") or {}).items() if v is not None}}
     height = int(cfg.height or data["height"])
     width = int(cfg.width or data["width"])
-    out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / "model.onnx"
+    out = Path(cfg.output) if cfg.get("output") else default_output(cfg.ckpt_path)
     try:
         export_onnx(net, out, height, width, int(cfg.opset))
     except OSError as err:
@@ -119,6 +130,10 @@ def export(cfg: DictConfig) -> Path:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
 def main(cfg: DictConfig) -> None:
     export(cfg)
+    # The model went beside the checkpoint (or to output=): the run folder Hydra made for this
+    # command holds nothing (conf/export.yaml: no .hydra/, no log). It goes, with the empty
+    # runs/ and export/ folders above it, as the folder of a run that failed its start does.
+    discard_failed_start()
 
 
 if __name__ == "__main__":

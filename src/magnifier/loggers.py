@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
+
+log = logging.getLogger("magnifier.loggers")
 
 
 def _hydra_job() -> Any:
@@ -82,12 +86,67 @@ class WandbLogger(_LightningWandbLogger):
         super().after_save_checkpoint(checkpoint_callback)
 
 
+def run_config(cfg: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A run's resolved config for the loggers: plain containers, without Hydra's own node
+    (present when composed in tests) and without the top-level keys in ``drop``."""
+    from omegaconf import OmegaConf
+
+    return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k, v in cfg.items() if k != "hydra" and k not in drop}
+
+
+def write_run_files(files_dir: Path, config: dict[str, Any], summary: dict[str, Any]) -> list[Path]:
+    """Write ``config.yaml`` and ``wandb-summary.json`` into a W&B run's ``files/`` folder
+    where wandb did not; returns the files written.
+
+    Online, wandb-core writes both when the run finishes; offline it writes neither, so an
+    offline run could only be read by decoding its ``.wandb`` file. They are written in
+    wandb's own formats, so that a later ``wandb sync`` finds what an online run has: YAML
+    ``{key: {value: ...}}`` (the ``_wandb`` entry holds the versions), keys sorted, 4-space
+    indent, as wandb-core's ``runconfig.Serialize``; and the summary as one JSON object.
+    """
+    import platform
+
+    import wandb
+    import yaml
+
+    written = []
+    config_file = files_dir / "config.yaml"
+    if not config_file.exists():
+        internal = {"cli_version": wandb.__version__, "python_version": platform.python_version()}
+        # Through JSON: the values as wandb stores them (plain lists, numbers, strings).
+        values = json.loads(json.dumps({"_wandb": internal, **config}, default=str))
+        config_file.write_text(yaml.safe_dump({k: {"value": v} for k, v in values.items()},
+                                              indent=4, sort_keys=True, allow_unicode=True))
+        written.append(config_file)
+    summary_file = files_dir / "wandb-summary.json"
+    if not summary_file.exists():
+        # Nested entries (an image, a table) are mappings of wandb's own: dict() unwraps them.
+        summary_file.write_text(json.dumps(summary, default=dict, sort_keys=True))
+        written.append(summary_file)
+    return written
+
+
 def finish_wandb(loggers: list) -> None:
-    """Close the W&B run so an offline run directory is complete and ready for `wandb sync`."""
+    """Close the W&B run so an offline run directory is complete and ready for `wandb sync`,
+    with its config and summary in ``files/`` (:func:`write_run_files`)."""
     from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger  # also our base
 
     if any(isinstance(lg, LightningWandbLogger) for lg in loggers):
         import wandb
 
-        if wandb.run is not None:
+        run = wandb.run
+        if run is not None:
+            # Read before finish(): afterwards the run no longer answers (its summary is empty).
+            files_dir = Path(run.dir).resolve()
+            try:
+                contents = run.config.as_dict(), dict(run.summary)
+            except Exception as err:  # wandb's service gone (a crashed run): still finish it
+                contents = None
+                log.warning("W&B run config and summary not readable: %s", err)
             wandb.finish()
+            try:
+                if contents is not None:
+                    write_run_files(files_dir, *contents)
+            except OSError as err:  # the run itself is complete: a warning, not a failed run
+                log.warning("W&B run files not written into %s: %s", files_dir, err)
