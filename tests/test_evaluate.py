@@ -60,6 +60,8 @@ def test_evaluate_writes_metrics_features_pictures_and_wandb_run(tiny_data_dir, 
     assert worst <= pictures[1]["AP"] <= best
     for p in pictures:
         assert (out / p["picture"]).is_file()
+        # Cameras as the file names give them (c3 -> "3"), not the 0-based index.
+        assert p["camera"] == Path(p["query"]).name.split("_c")[1][:1] == str(p["camid"] + 1)
 
     # W&B (offline): the pictures and the per-query table are in the run.
     runs = list((out / "wandb").glob("offline-run-*"))

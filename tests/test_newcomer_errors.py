@@ -159,7 +159,7 @@ def test_the_command_reports_it_before_any_run_folder_or_logger(bad_label_map_da
     assert not list(logs.glob("train/runs/*"))
 
 
-def test_a_failed_start_keeps_a_folder_that_holds_a_run(tmp_path):
+def test_a_failed_start_keeps_a_folder_that_holds_a_run(tmp_path, monkeypatch):
     """The clean-up removes only what Hydra and the failed start wrote."""
     from magnifier.errors import discard_failed_start
 
@@ -172,4 +172,7 @@ def test_a_failed_start_keeps_a_folder_that_holds_a_run(tmp_path):
     (run / "checkpoints").mkdir()
     assert discard_failed_start() is None and run.is_dir()
     (run / "checkpoints").rmdir()
+    monkeypatch.chdir(run)  # hydra.run.dir=. : the working folder is never removed
+    assert discard_failed_start() is None and run.is_dir()
+    monkeypatch.chdir(tmp_path)
     assert discard_failed_start() == run and not run.exists()

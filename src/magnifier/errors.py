@@ -47,6 +47,9 @@ def discard_failed_start() -> Path | None:
     made_by_start = {str(hydra_cfg.output_subdir or ".hydra"), f"{hydra_cfg.job.name}.log", "metrics.json"}
     if not folder.is_dir() or any(entry.name not in made_by_start for entry in folder.iterdir()):
         return None
+    cwd = Path.cwd().resolve()
+    if folder.resolve() in (cwd, *cwd.parents):  # hydra.run.dir=. : never the folder the user works in
+        return None
     shutil.rmtree(folder, ignore_errors=True)
     # Hydra made the <task>/runs/ folders above it too: remove them if nothing else is there.
     for parent in list(folder.parents)[:2]:

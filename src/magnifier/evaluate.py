@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -78,7 +77,7 @@ def _draw_ranked_lists(net, datamodule, feats: dict, distance_rows, per_query: d
     """Write one PNG per chosen query; returns (label, PIL image, per-query facts)."""
     import torch
 
-    from magnifier.evaluation.visualize import ranked_list_image, top_k
+    from magnifier.evaluation.visualize import camera_label, ranked_list_image, top_k
 
     q, g = feats["is_query"], ~feats["is_query"]
     q_paths, g_paths = feats["paths"][q], feats["paths"][g]
@@ -87,6 +86,7 @@ def _draw_ranked_lists(net, datamodule, feats: dict, distance_rows, per_query: d
     chosen = _choose_queries(cfg.eval.ranked_lists, per_query, q_paths)
     if not chosen:
         return []
+    names = getattr(datamodule.load(), "camera_names", None)  # cameras as the dataset names them
     rows = [r for _, r in chosen]
     dist = distance_rows(rows)
     part_maps = [None] * len(rows)
@@ -98,15 +98,17 @@ def _draw_ranked_lists(net, datamodule, feats: dict, distance_rows, per_query: d
     pictures = []
     for (label, r), d, parts in zip(chosen, dist, part_maps):
         items = top_k(d, g_pids, g_cams, q_pids[r], q_cams[r], g_paths,
-                      k=int(cfg.eval.ranked_lists.top_k))
+                      k=int(cfg.eval.ranked_lists.top_k), camera_names=names)
         ap = per_query["ap"][r]
         facts = {"query": str(q_paths[r]), "pid": int(q_pids[r]), "camid": int(q_cams[r]),
+                 "camera": camera_label(q_cams[r], names).removeprefix("cam "),
                  "AP": None if np.isnan(ap) else float(ap),
                  "first_rank": int(per_query["first_rank"][r])}
         ap_text = "no true match" if np.isnan(ap) else f"AP {100 * ap:.1f}"
-        title = f"{label}  {Path(q_paths[r]).name}  id {q_pids[r]} cam {q_cams[r]}  {ap_text}"
+        title = f"{label}  {Path(q_paths[r]).name}  id {q_pids[r]} {camera_label(q_cams[r], names)}  {ap_text}"
         picture = ranked_list_image(str(q_paths[r]), items, parts, title,
-                                    cell=(64, 128) if datamodule.height >= datamodule.width else (128, 64))
+                                    cell=(64, 128) if datamodule.height >= datamodule.width else (128, 64),
+                                    legend=True)
         picture.save(out_dir / f"{label}_{Path(q_paths[r]).stem}.png")
         pictures.append((label, picture, facts))
     return pictures
@@ -250,6 +252,9 @@ def evaluate(cfg: DictConfig) -> dict:
     print(f"\n{cfg.dataset.name}: {int(q.sum())} query x {int(g.sum())} gallery, "
           f"{feats['features'].shape[1]}-d{', flip TTA' if cfg.eval.flip else ''}{note} (%):\n"
           + format_table(rows) + f"\noutputs: {out_dir}", flush=True)
+    warning = getattr(datamodule.load(), "camera_warning", None)
+    if warning:
+        print(warning, flush=True)
     return rows
 
 
@@ -259,7 +264,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    if not config_dir().is_dir():
-        print(f"error: Hydra configs not found in {config_dir()}; set MAGNIFIER_CONFIG_DIR", file=sys.stderr)
-        sys.exit(2)
-    main()
+    from magnifier.cli import run_entry_point
+
+    run_entry_point(main, "evaluate")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -137,7 +136,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    if not config_dir().is_dir():
-        print(f"error: Hydra configs not found in {config_dir()}; set MAGNIFIER_CONFIG_DIR", file=sys.stderr)
-        sys.exit(2)
-    main()
+    from magnifier.cli import run_entry_point
+
+    run_entry_point(main, "export")

@@ -14,7 +14,7 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 from magnifier.config import config_dir, describe_run, instantiate_config, register_resolvers, trainer_kwargs  # noqa: E402
 from magnifier.errors import UserError, discard_failed_start, exit_on_user_error  # noqa: E402
@@ -218,9 +218,9 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         # Unreadable images and unusable label maps, before any logger or loader exists.
         datamodule.check_files("fit" if cfg.get("train", True) else "test")
-    # The run's resolved config (without Hydra's own node, present when composed in tests).
-    container = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-                 for k, v in cfg.items() if k != "hydra"}
+    from magnifier.loggers import run_config
+
+    container = run_config(cfg)  # resolved, without Hydra's own node
     data = {k: container["dataset"].get(k) for k in ("height", "width", "mean", "std")}
     module = ReIDModule(
         net=container["model"], loss=container["loss"], optim=container["optim"],
