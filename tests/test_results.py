@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from magnifier.results import COLUMNS, collect, main, write_run_results
+from magnifier.results import COLUMNS, collect, main, write_run_results, write_table
 
 from .conftest import tiny_overrides
 
@@ -96,3 +97,24 @@ def test_a_run_continued_in_its_own_folder_counts_the_earlier_time(tmp_path):
     assert earlier_runtime_s(tmp_path) == 120.0
     write_run_results(tmp_path, "finished", {}, 200.0)
     assert earlier_runtime_s(tmp_path) == 0.0  # a finished run is not continued
+
+
+def test_a_sweep_of_evaluations_gets_its_plain_and_reranked_rows(tmp_path):
+    """``python -m magnifier.evaluate -m ckpt_path=a,b eval.rerank=true``: the table shows each
+    evaluation's plain and re-ranked rank-1/mAP/mINP, read from its metrics.json."""
+    for job, (plain, reranked) in enumerate([(0.5, 0.625), (0.25, None)]):
+        run = tmp_path / str(job)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- ckpt_path=c{job}.ckpt\n- eval.rerank=true\n")
+        rows = {"plain": {"rank1": plain, "mAP": plain / 2, "mINP": 0.1, "num_valid_queries": 4}}
+        if reranked is not None:
+            rows["reranked"] = {"rank1": reranked, "mAP": reranked / 2, "mINP": 0.2}
+        (run / "metrics.json").write_text(json.dumps({"dataset": "synthetic", "metrics": rows, "cmc": {}}))
+    rows, text = write_table(tmp_path)
+    assert [r["status"] for r in rows] == ["finished", "finished"]
+    assert rows[0]["plain/rank1"] == 50.0 and rows[0]["reranked/mAP"] == 31.25
+    assert math.isnan(rows[1]["reranked/rank1"]) and rows[1]["overrides"] == "ckpt_path=c1.ckpt"
+    header = text.splitlines()[0]
+    assert "plain/rank1" in header and "reranked/mINP" in header and "val/mAP" not in header
+    table = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert table[0]["reranked/rank1"] == "62.50" and table[1]["reranked/rank1"] == "-"

@@ -41,9 +41,30 @@ RUN_RESULTS = "metrics.json"
 _OLD_RUN_RESULTS = "results.json"
 #: The metrics of a final row (``val/<key>``, ``test/<key>``), fractions in [0, 1].
 ROW_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
-#: Metric columns, in percent: validation and test rank-1, mAP, mINP.
+#: Metric columns, in percent: validation and test rank-1, mAP, mINP of training runs ...
 METRIC_COLUMNS = [f"{split}/{key}" for split in ("val", "test") for key in ("rank1", "mAP", "mINP")]
+#: ... and the plain and re-ranked rows of evaluation runs (``python -m magnifier.evaluate -m``).
+EVAL_METRIC_COLUMNS = [f"{row}/{key}" for row in ("plain", "reranked") for key in ("rank1", "mAP", "mINP")]
 COLUMNS = ["run", "overrides", *METRIC_COLUMNS, "time_min", "status", "folder"]
+
+
+def _flat_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """A run's metrics as ``row/key`` fractions: a training run's are flat already; an
+    evaluation's ``metrics.json`` nests them by row (``{"plain": {"mAP": ...}}``)."""
+    flat = {}
+    for key, value in (result.get("metrics") or {}).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}/{k}": v for k, v in value.items() if isinstance(v, (int, float))})
+        elif isinstance(value, (int, float)):
+            flat[key] = value
+    return flat
+
+
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The table's columns: training metrics, or evaluation rows when the runs are evaluations."""
+    evaluations = rows and all(any(k in r for k in EVAL_METRIC_COLUMNS) for r in rows)
+    metric = EVAL_METRIC_COLUMNS if evaluations else METRIC_COLUMNS
+    return ["run", "overrides", *metric, "time_min", "status", "folder"]
 
 
 def write_run_results(output_dir: str | Path, status: str, metrics: dict[str, float], runtime_s: float,
@@ -113,12 +134,15 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     rows = []
     for run, ovr in zip(runs, overrides):
         result = read_run_results(run)
-        metrics = result.get("metrics", {})
+        metrics = _flat_metrics(result)
         row: dict[str, Any] = {"run": run.name, "overrides": " ".join(o for o in ovr if o not in common)}
-        for key in METRIC_COLUMNS:
+        evaluation = any(key in metrics for key in EVAL_METRIC_COLUMNS)
+        for key in METRIC_COLUMNS + (EVAL_METRIC_COLUMNS if evaluation else []):
             row[key] = 100 * metrics[key] if key in metrics else math.nan
         seconds = result.get("runtime_s", _runtime_s(run))
-        row.update(time_min=seconds / 60, status=result.get("status", "incomplete"), folder=str(run))
+        # An evaluation writes its metrics.json only when it finished (it has no status field).
+        status = result.get("status", "finished" if metrics else "incomplete")
+        row.update(time_min=seconds / 60, status=status, folder=str(run))
         rows.append(row)
     return rows
 
@@ -130,8 +154,9 @@ def _cell(value: Any) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
+    cols = columns(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(r.get(c, math.nan)).replace("|", "\\|") for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -140,9 +165,11 @@ def write_table(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], str]:
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    cols = columns(rows)
+    writer = csv.DictWriter(buffer, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows({k: _cell(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    writer.writerows({k: _cell(r.get(k, math.nan)) if isinstance(r.get(k, math.nan), float) else r[k] for k in cols}
+                     for r in rows)
     text = markdown(rows)
     # Runs of a parallel sweep end at the same time: each file is replaced whole, never half-written.
     for name, body in (("results.csv", buffer.getvalue()), ("results.md", text + "\n")):
