@@ -58,6 +58,8 @@ def test_evaluate_writes_metrics_features_pictures_and_wandb_run(tiny_data_dir, 
     assert len(pictures) == 4 and Path(pictures[-1]["query"]).name == named
     worst, best = pictures[0]["AP"], pictures[2]["AP"]
     assert worst <= pictures[1]["AP"] <= best
+    page = (out / "report.html").read_text()  # report=true by default: one page with every picture inlined
+    assert 'id="metrics"' in page and page.count("data:image/png;base64,") >= len(pictures)
     for p in pictures:
         assert (out / p["picture"]).is_file()
         # Cameras as the file names give them (c3 -> "3"), not the 0-based index.

@@ -91,6 +91,10 @@ def test_a_short_run_under_a_long_validation_interval_still_ends_with_a_best_che
     assert set(result["val"]) == set(result["test"]) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
     assert 0 <= result["test"]["mAP"] <= 1 and result["runtime_s"] > 0
     assert f"{100 * result['test']['rank1']:8.2f}" in run.stdout
+    # The final test's report.html: printed where it lies, the table holds the test row.
+    assert f"report: {folder / 'report.html'}" in run.stdout
+    page = (folder / "report.html").read_text()
+    assert 'id="metrics"' in page and f"{100 * result['test']['mAP']:.2f}" in page
 
 
 def test_a_folder_dataset_without_camera_ids_warns_at_start_and_beside_the_table(tiny_data_dir, tmp_path):

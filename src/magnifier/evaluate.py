@@ -1,8 +1,8 @@
 """``python -m magnifier.evaluate``: evaluate a checkpoint on a query/gallery split.
 
 Prints rank-1/5/10, mAP and mINP (and the same after k-reciprocal re-ranking with
-``eval.rerank=true``), writes ``features.npz``, ``metrics.json`` and ranked-list pictures into
-the run's output folder, and sends the pictures and a per-query table to W&B with the W&B
+``eval.rerank=true``), writes ``features.npz``, ``metrics.json``, ranked-list pictures and
+``report.html`` (one self-contained page to open in a browser) into the run's output folder, and sends the pictures and a per-query table to W&B with the W&B
 logger. Configuration: ``conf/evaluate.yaml``.
 """
 
@@ -230,10 +230,21 @@ def evaluate(cfg: DictConfig) -> dict:
         "eval": OmegaConf.to_container(cfg.eval, resolve=True),
         "metrics": rows,
         "cmc": {name: r["cmc"].tolist() for name, r in results.items()},
-        "ranked_lists": [facts | {"picture": f"ranked_lists/{label}_{Path(facts['query']).stem}.png"}
+        "ranked_lists": [facts | {"label": label, "picture": f"ranked_lists/{label}_{Path(facts['query']).stem}.png"}
                          for label, _, facts in pictures],
     }
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    page = None
+    if cfg.eval.get("report", True):
+        from magnifier.evaluation.report import write_report
+
+        # One self-contained page (pictures inlined): the table, CMC, AP histogram, ranked lists.
+        page = write_report(
+            out_dir, rows, report["cmc"], final["ap"], final["valid"], report["ranked_lists"],
+            dataset=report["dataset"], checkpoint=report["checkpoint"], num_query=report["num_query"],
+            num_gallery=report["num_gallery"], ranking="reranked" if cfg.eval.rerank else "plain",
+            details={"embedding dim": report["embedding_dim"], "flip TTA": bool(cfg.eval.flip),
+                     "AP mode": cfg.eval.ap_mode, "protocol": cfg.eval.protocol})
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     try:
         config = _run_config(cfg, info["model"], dataset_args)
@@ -251,7 +262,7 @@ def evaluate(cfg: DictConfig) -> dict:
     note = f" ({skipped} queries without a true match skipped)" if skipped else ""
     print(f"\n{cfg.dataset.name}: {int(q.sum())} query x {int(g.sum())} gallery, "
           f"{feats['features'].shape[1]}-d{', flip TTA' if cfg.eval.flip else ''}{note} (%):\n"
-          + format_table(rows) + f"\noutputs: {out_dir}", flush=True)
+          + format_table(rows) + f"\noutputs: {out_dir}" + (f"\nreport: {page}" if page else ""), flush=True)
     warning = getattr(datamodule.load(), "camera_warning", None)
     if warning:
         print(warning, flush=True)

@@ -174,7 +174,10 @@ class ReIDModule(pl.LightningModule):
         self._eval_step(self.test_metric, batch)
 
     def on_test_epoch_end(self) -> None:
+        self.test_metric.last_result = None
         self._eval_epoch_end(self.test_metric, "test")
+        # CMC and per-query AP of the final test, for the run's report.html (magnifier.train).
+        self.test_result = self.test_metric.last_result
 
     # -- optimisation -------------------------------------------------------------------------
     def start_optimizer_from(self, state: dict) -> None:

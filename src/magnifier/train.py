@@ -120,6 +120,23 @@ def format_results(metrics: dict, best_ckpt: str | None) -> str:
     return f"{head}\n{row}\nbest checkpoint: {best_ckpt or '(none saved)'}"
 
 
+def _write_test_report(cfg: DictConfig, module, best: str | None) -> Path | None:
+    """``report.html`` of the final test in the run folder (metrics, CMC, per-query AP; the
+    ranked-list pictures come with ``python -m magnifier.evaluate``)."""
+    result = getattr(module, "test_result", None)
+    output_dir = (cfg.get("paths") or {}).get("output_dir")
+    if not result or not output_dir:
+        return None
+    from magnifier.evaluate import summarize
+    from magnifier.evaluation.report import write_report
+
+    per_query = result["per_query"]
+    return write_report(output_dir, {"plain": summarize(result)}, {"plain": result["cmc"].tolist()},
+                        per_query["ap"], per_query["valid"], dataset=str(cfg.dataset.name),
+                        checkpoint=best or "(the last weights)", num_query=len(per_query["ap"]),
+                        details={"split": "test (query vs gallery)", "run folder": output_dir})
+
+
 def _is_global_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
 
@@ -251,6 +268,7 @@ def _train(cfg: DictConfig, state: dict) -> dict:
         if cfg.get("test", True) and not kwargs.get("fast_dev_run"):
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=weights_only)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+            state["report"] = _write_test_report(cfg, module, best) if trainer.is_global_zero else None
     except LabelMapError as err:
         # Raised in a loader worker, the message carries the worker's traceback: keep its last line.
         raise UserError(str(err).strip().splitlines()[-1].split("LabelMapError: ")[-1]) from None
@@ -265,6 +283,8 @@ def _train(cfg: DictConfig, state: dict) -> dict:
         warning = getattr(datamodule.load(), "camera_warning", None)
         if warning:  # printed at the start too; beside the table, where the numbers are read
             say(warning)
+        if state.get("report"):
+            say(f"report: {state['report']}")
     # A DDP run closes its process group here, not at interpreter exit, where Gloo's threads
     # can abort the process (SIGABRT) after a run that succeeded: see magnifier.distributed.
     close_process_group()

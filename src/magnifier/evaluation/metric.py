@@ -125,8 +125,11 @@ class ReIDMetric(Metric):
             camids[q].cpu().numpy(),
             camids[g].cpu().numpy(),
             max_rank=max(self.max_rank, 10),
+            per_query=True,
         )
         cmc = result["cmc"]
+        # The whole result (CMC, per-query AP) for a report of this evaluation (magnifier.train).
+        self.last_result = result
 
         def scalar(value: float) -> torch.Tensor:
             return torch.tensor(float(value), dtype=torch.float32, device=self.device)
