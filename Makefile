@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED := 1
 # pytest runs on the CPU whatever the machine has, so results do not depend on it.
 TEST_ENV := CUDA_VISIBLE_DEVICES= WANDB_MODE=offline WANDB_SILENT=true
 
-.PHONY: install train test test-slow bench mutation data clean help
+.PHONY: install browser train test test-slow bench mutation data clean help
 
 help:
 	@echo "make train      install, build the synthetic dataset, train with the defaults, print the table"
@@ -38,7 +38,21 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m magnifier.parsers.weights
 	@touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed browser
+
+# Headless Chromium opens report.html in the test suite (tests/test_report.py). It is installed
+# with apt-get where that works (root on Debian or Ubuntu); elsewhere those tests skip, saying why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	    command -v google-chrome >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "make install: installing chromium with apt-get (the report's browser test)"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)) || \
+	  echo "make install: apt-get could not install chromium; the browser tests will skip" >&2; \
+	else \
+	  echo "make install: no chromium and no root apt-get; install chromium for the report's browser test" >&2; \
+	fi
 
 data: install
 	$(PY) -m magnifier.data.synthetic root=data/synthetic
