@@ -17,6 +17,18 @@ PART_NAMES = (
     "foot",
 )
 NUM_PARTS = len(PART_NAMES)
+#: One colour (RGB) per part, the same in every picture the library draws: ranked lists and
+#: their legend, the parse command's previews, the notebooks.
+PART_COLOURS = (
+    (0, 0, 0),        # background
+    (255, 200, 0),    # head
+    (230, 25, 75),    # torso
+    (60, 180, 75),    # upper arm
+    (0, 130, 200),    # lower arm
+    (145, 30, 180),   # upper leg
+    (70, 240, 240),   # lower leg
+    (245, 130, 48),   # foot
+)
 #: Regions the semantic regularization branch erases from: 2 upper + 1 lower by default.
 UPPER_BODY = (1, 2, 3, 4)
 LOWER_BODY = (5, 6, 7)

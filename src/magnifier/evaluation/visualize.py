@@ -13,25 +13,13 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from magnifier.parts import PART_NAMES
+from magnifier.parts import PART_COLOURS, PART_NAMES
 
 __all__ = ["PART_COLORS", "LegendEntry", "RankedItem", "camera_label", "caption_lines", "colorize_parts",
            "legend_rows", "ranked_list_image", "top_k"]
 
 #: RGB colour of each EANet part label (0 background ... 7 foot) in part-map pictures.
-PART_COLORS = np.array(
-    [
-        (0, 0, 0),  # background
-        (255, 200, 0),  # head
-        (230, 25, 75),  # torso
-        (60, 180, 75),  # upper arm
-        (0, 130, 200),  # lower arm
-        (145, 30, 180),  # upper leg
-        (70, 240, 240),  # lower leg
-        (245, 130, 48),  # foot
-    ],
-    dtype=np.uint8,
-)
+PART_COLORS = np.array(PART_COLOURS, dtype=np.uint8)
 
 # Frame colours: true match, false match, junk (same id and camera: not ranked), query.
 MATCH, WRONG, JUNK, QUERY = (40, 170, 40), (210, 30, 30), (150, 150, 150), (30, 30, 30)

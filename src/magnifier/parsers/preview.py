@@ -8,18 +8,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from magnifier.parts import NUM_PARTS, PART_NAMES
+from magnifier.parts import PART_COLOURS as _PALETTE
 
-#: One fixed colour per part (RGB), background unused; distinct at a glance.
-PART_COLOURS = np.array([
-    (0, 0, 0),        # background
-    (230, 25, 75),    # head: red
-    (60, 180, 75),    # torso: green
-    (255, 225, 25),   # upper arm: yellow
-    (245, 130, 48),   # lower arm: orange
-    (0, 130, 200),    # upper leg: blue
-    (145, 30, 180),   # lower leg: purple
-    (70, 240, 240),   # foot: cyan
-], dtype=np.uint8)
+#: One colour per part (RGB), background unused: the library's one palette (magnifier.parts), as in the ranked lists' legend.
+PART_COLOURS = np.array(_PALETTE, dtype=np.uint8)
 assert len(PART_COLOURS) == NUM_PARTS
 
 
