@@ -44,24 +44,11 @@ def tiny_overrides(data_dir: Path) -> list[str]:
 
 
 def compose(overrides: list[str] | None = None, output_dir: str | None = None, config_name: str = "train"):
-    """Compose ``conf/<config_name>.yaml`` as the entry point would, with ``hydra:`` resolvers available."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    """``conf/<config_name>.yaml`` composed as the entry point would (the public
+    :func:`magnifier.config.compose_config`)."""
+    from magnifier.config import compose_config
 
-    from magnifier.config import register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose(config_name, overrides=list(overrides or []), return_hydra_config=True)
-    if output_dir is not None:
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = output_dir
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_config(config_name, overrides, output_dir)
 
 
 @pytest.fixture(scope="session")

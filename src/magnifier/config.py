@@ -73,6 +73,31 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus_per_node)
 
 
+def compose_config(config_name: str = "train", overrides: list[str] | None = None,
+                   output_dir: str | Path | None = None) -> DictConfig:
+    """``conf/<config_name>.yaml`` composed as ``python -m magnifier.<config_name>`` composes it,
+    for notebooks and scripts: the same groups, overrides and resolvers, and Hydra's own node,
+    so that ``magnifier.train.train(cfg)`` or ``magnifier.evaluate.evaluate(cfg)`` run as the
+    command would, writing into ``output_dir`` (the run folder the command would make).
+
+    Example: ``train(compose_config("train", ["model=sab", "trainer.max_epochs=2"], "runs/a"))``.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides or []), return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.output_dir} and the job name resolve
+    return cfg
+
+
 def instantiate_config(node, **kwargs):
     """``hydra.utils.instantiate``, with a constructor's one-line :class:`UserError` raised as is:
     Hydra wraps whatever a target raises in an InstantiationException with a traceback."""
