@@ -45,6 +45,13 @@ def test_dry_run_prints_the_resolved_trainer_settings_and_keeps_no_folder(tmp_pa
     assert not list(tmp_path.rglob("*"))
 
 
+def test_dry_run_of_every_gpu_keeps_minus_one_with_the_ddp_settings():
+    from magnifier.config import trainer_kwargs
+
+    kwargs = trainer_kwargs({"gpus": -1}, check_devices=False)
+    assert kwargs["devices"] == -1 and kwargs["strategy"] == "ddp" and kwargs["sync_batchnorm"] is True
+
+
 def test_describe_run_with_gpus_zero_keeps_the_configured_devices(tmp_path):
     from magnifier.config import describe_run, trainer_kwargs
 

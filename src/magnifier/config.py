@@ -138,8 +138,12 @@ def trainer_kwargs(trainer_cfg: DictConfig | dict, cuda_device_count=_cuda_devic
         return cfg
     if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < -1:
         raise UserError(f"trainer.gpus={gpus} is not a GPU count; use an integer N >= 1, -1 for all GPUs, or 0")
+    # Without the check (dry_run): the machine the run is meant for has the GPUs it asks for;
+    # -1 stays -1 (Lightning's "every visible GPU"), shown with the DDP settings of several.
     visible = cuda_device_count() if check_devices else max(gpus, 1)
-    if gpus == -1:
+    if gpus == -1 and not check_devices:
+        visible = -1
+    elif gpus == -1:
         if visible == 0:
             raise UserError("trainer.gpus=-1 but 0 CUDA devices are visible; use trainer.gpus=0 to train on the CPU")
         gpus = visible
@@ -150,7 +154,7 @@ def trainer_kwargs(trainer_cfg: DictConfig | dict, cuda_device_count=_cuda_devic
         )
     cfg["accelerator"] = "gpu"
     cfg["devices"] = gpus
-    if gpus > 1:
+    if gpus > 1 or gpus == -1:
         if cfg.get("strategy", "auto") == "auto":
             cfg["strategy"] = "ddp"
         cfg["sync_batchnorm"] = True

@@ -229,7 +229,8 @@ class ReIDDataModule(pl.LightningDataModule):
         if self.use_masks:
             # A label map with values outside the label set (or of another image's shape) would
             # stop training at the batch that draws it: decode them all now (seconds).
-            pairs = [(r.mask_path, r.path) for r in data.train if r.mask_path and r.path not in bad]
+            unreadable = set(bad)
+            pairs = [(r.mask_path, r.path) for r in data.train if r.mask_path and r.path not in unreadable]
             problems = label_map_problems(pairs, self.mask_scheme)
             if problems:
                 more = f" (and {len(problems) - 1} more label map(s))" if len(problems) > 1 else ""
