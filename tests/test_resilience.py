@@ -154,11 +154,43 @@ def _recipe(data_dir: Path, logs: Path) -> list[str]:
     ]
 
 
-def test_sigkill_mid_epoch_then_ckpt_path_last_ends_like_an_uninterrupted_run(tiny_data_dir, tmp_path):
-    straight = _run(_recipe(tiny_data_dir, tmp_path / "a"))
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    last_a = next((tmp_path / "a").glob("train/runs/*/checkpoints/last.ckpt"))
-    ckpt_a = torch.load(last_a, map_location="cpu", weights_only=True)
+# Every step's checkpoint kept (step006.ckpt, ...) besides last.ckpt; saving reads the run, it
+# changes nothing that the run computes.
+KEEP_STEPS = ["callbacks.step_checkpoint.filename='step{step:03d}'", "callbacks.step_checkpoint.save_top_k=-1",
+              "+callbacks.step_checkpoint.auto_insert_metric_name=false"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_data_dir, tmp_path_factory) -> Path:
+    """The uninterrupted run: 3 epochs of 6 steps, a checkpoint after every step."""
+    logs = tmp_path_factory.mktemp("straight")
+    done = _run(_recipe(tiny_data_dir, logs) + KEEP_STEPS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return next(logs.glob("train/runs/*/checkpoints"))
+
+
+def _same_weights(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+
+
+def test_resume_from_the_last_batch_of_an_epoch_ends_like_an_uninterrupted_run(straight_run, tiny_data_dir, tmp_path):
+    """The step checkpoint of an epoch's last batch is written before that epoch's validation;
+    the resumed run validates, then trains on as the uninterrupted run did (a validation loader
+    that drew from the global random state shifted every later step)."""
+    ckpt = straight_run / "step006.ckpt"
+    progress = torch.load(ckpt, map_location="cpu", weights_only=True)["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    assert progress["current"]["ready"] == 6 and progress["current"]["completed"] == 5  # before the epoch's end
+    resumed = _run(_recipe(tiny_data_dir, tmp_path) + [f"ckpt_path='{ckpt}'"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ckpt_c = next(tmp_path.glob("train/runs/*/checkpoints/last.ckpt"))
+    _same_weights(torch.load(straight_run / "last.ckpt", map_location="cpu", weights_only=True),
+                  torch.load(ckpt_c, map_location="cpu", weights_only=True))
+
+
+def test_sigkill_mid_epoch_then_ckpt_path_last_ends_like_an_uninterrupted_run(straight_run, tiny_data_dir, tmp_path):
+    ckpt_a = torch.load(straight_run / "last.ckpt", map_location="cpu", weights_only=True)
 
     logs_b = tmp_path / "b"
     proc = _start(_recipe(tiny_data_dir, logs_b))
@@ -174,10 +206,7 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_ends_like_an_uninterrupted_run(ti
     assert "resuming the newest run of the same config from" in resumed.stdout
     runs_b = sorted(logs_b.glob("train/runs/*"))
     assert len(runs_b) == 2
-    ckpt_c = torch.load(runs_b[-1] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt_c["global_step"] == ckpt_a["global_step"] and ckpt_c["epoch"] == ckpt_a["epoch"]
-    for name, tensor in ckpt_a["state_dict"].items():
-        assert torch.equal(tensor, ckpt_c["state_dict"][name]), name
+    _same_weights(ckpt_a, torch.load(runs_b[-1] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True))
     # The resumed run continued the same W&B run.
     wandb_c = {p.name.rsplit("-", 1)[-1] for p in runs_b[-1].glob("wandb/offline-run-*")}
     assert wandb_c == wandb_b and len(wandb_c) == 1

@@ -310,7 +310,11 @@ class ReIDDataModule(pl.LightningDataModule):
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.eval_set, batch_size=self.test_batch_size, shuffle=False, **self._loader_kwargs())
+        # Its own generator: starting an iterator draws the workers' base seed, and drawn from
+        # PyTorch's global random state it would shift the training steps after each validation
+        # (a run resumed from the last batch of an epoch would then train differently).
+        return DataLoader(self.eval_set, batch_size=self.test_batch_size, shuffle=False,
+                          generator=torch.Generator().manual_seed(0), **self._loader_kwargs())
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
