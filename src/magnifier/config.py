@@ -163,6 +163,12 @@ def trainer_kwargs(trainer_cfg: DictConfig | dict, cuda_device_count=_cuda_devic
     return cfg
 
 
+def _compile_setting(value: Any) -> str:
+    if hasattr(value, "items"):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
+
+
 def describe_run(cfg: DictConfig, kwargs: dict[str, Any]) -> str:
     """What a run really uses, resolved: the Trainer's device settings after the ``gpus``
     mapping, and the folders (``--cfg job`` shows ``gpus: 4`` beside ``devices: 1`` and paths
@@ -178,7 +184,9 @@ def describe_run(cfg: DictConfig, kwargs: dict[str, Any]) -> str:
     trainer = (f"accelerator={accelerator} devices={devices} "
                f"num_nodes={kwargs.get('num_nodes', 1)} strategy={kwargs.get('strategy', 'auto')} "
                f"sync_batchnorm={str(bool(kwargs.get('sync_batchnorm', False))).lower()} "
-               f"precision={kwargs.get('precision', '32-true')}")
+               f"precision={kwargs.get('precision', '32-true')} "
+               f"channels_last={str(bool(cfg.get('channels_last', False))).lower()} "
+               f"compile={_compile_setting(cfg.get('compile', False))}")
     data = dataset.get("root")
     if dataset.get("name") == "synthetic" and data:
         data = os.path.join(data, "synthetic")

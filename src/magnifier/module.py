@@ -88,6 +88,10 @@ class ReIDModule(pl.LightningModule):
             on recent GPUs and CPUs with mixed precision).
         data: the input the network was trained on (``height``, ``width``, ``mean``, ``std``),
             saved with the checkpoint for evaluation and export.
+        compile: torch.compile the network and the loss for fitting (``true``, a mode name or a
+            mapping of torch.compile's arguments, see :func:`magnifier.compilation.compile_options`);
+            the graph breaks are reported after the first training step. A checkpoint loaded
+            for evaluation or export runs eager.
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class ReIDModule(pl.LightningModule):
         num_classes: int | None = None,
         channels_last: bool = False,
         data: dict | None = None,
+        compile: Any = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -108,6 +113,10 @@ class ReIDModule(pl.LightningModule):
         self.val_metric = ReIDMetric()
         self.test_metric = ReIDMetric()
         self._initial_optimizer_state: dict | None = None
+        from magnifier.compilation import compile_options
+
+        self._compile = compile_options(compile)  # a bad value fails here, before any step
+        self._compiled, self._breaks_before = False, None
         if num_classes is not None:
             self.build(num_classes)
 
@@ -130,6 +139,12 @@ class ReIDModule(pl.LightningModule):
             if datamodule is None or not hasattr(datamodule, "num_classes"):
                 raise RuntimeError("ReIDModule needs num_classes or a data module that provides it")
             self.build(datamodule.num_classes)
+        if stage == "fit" and self._compile is not None and not self._compiled:
+            from magnifier.compilation import compile_in_place, graph_breaks
+
+            compile_in_place(self.net, self._compile)
+            compile_in_place(self.criterion, self._compile)
+            self._compiled, self._breaks_before = True, graph_breaks()
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None):
         return self.net(images, masks)
@@ -147,6 +162,18 @@ class ReIDModule(pl.LightningModule):
         acc = (outputs["global_logits"].argmax(1) == batch["pid"]).float().mean()
         self.log("train/id_acc", acc, batch_size=n, prog_bar=True)
         return terms["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self._compiled and self._breaks_before is not None:
+            # The first step has traced and compiled the network and the loss: report its breaks.
+            from magnifier.compilation import describe_graph_breaks, graph_breaks
+
+            breaks = graph_breaks() - self._breaks_before
+            self._breaks_before = None
+            if self.trainer.is_global_zero:
+                from magnifier.results import say
+
+                say(describe_graph_breaks(breaks))
 
     # -- evaluation ---------------------------------------------------------------------------
     def _eval_step(self, metric, batch: dict[str, Any]) -> None:

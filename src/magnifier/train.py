@@ -148,8 +148,10 @@ def train(cfg: DictConfig) -> dict:
     Whatever the outcome, the first process writes ``metrics.json`` (status, metrics, run time)
     into the run folder: the row of this run in a sweep's results table (magnifier.results).
     """
+    from magnifier.compilation import compile_options
     from magnifier.results import earlier_runtime_s, write_run_results
 
+    compile_options(cfg.get("compile", False))  # a mistyped mode: one line now, not after the data
     if cfg.get("dry_run", False):
         # What the run would use on the machine it is meant for (no GPU check, nothing read).
         print(describe_run(cfg, trainer_kwargs(cfg.trainer, check_devices=False))
@@ -241,7 +243,7 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     data = {k: container["dataset"].get(k) for k in ("height", "width", "mean", "std")}
     module = ReIDModule(
         net=container["model"], loss=container["loss"], optim=container["optim"],
-        channels_last=cfg.get("channels_last", False), data=data,
+        channels_last=cfg.get("channels_last", False), data=data, compile=container.get("compile", False),
     )
     if cfg.get("init_from") and not ckpt_path:  # a resume restores everything itself
         _init_from(cfg, module, datamodule.num_classes)

@@ -1,0 +1,82 @@
+"""``compile=...``: torch.compile of the network and of the loss, and the graph breaks it hit.
+
+The whole MagnifierNet training step (network and every loss term) traces as one graph per
+module: the SRB's erased regions are drawn with ``torch.randperm`` on the device (no Python
+branch on their values), region pooling is a scatter, and the SFB's ``nn.LSTM``, which Dynamo
+refuses by default (one graph break per call), is traced with
+``torch._dynamo.config.allow_rnn`` switched on.
+
+Inductor (the default backend) draws random numbers from its own generator, seeded from
+PyTorch's, so a compiled run erases other SRB regions than an eager run with the same seed (it
+is still reproducible, and resumes exactly); ``compile='{options: {fallback_random: true}}'``
+makes it draw as eager does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+
+from magnifier.errors import UserError
+
+#: torch.compile's ``mode`` values.
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: Keys ``compile`` may set as a mapping (torch.compile's keyword arguments).
+KEYS = ("mode", "backend", "fullgraph", "dynamic", "options")
+
+
+def compile_options(value: Any) -> dict[str, Any] | None:
+    """The ``compile`` setting as torch.compile keyword arguments, or None for eager.
+
+    ``false``/``null``: eager; ``true``: torch.compile's defaults (inductor); a mode name
+    (``reduce-overhead`` for CUDA graphs, ``max-autotune``, ...); or a mapping of torch.compile's
+    keyword arguments (``{backend: aot_eager}``, ``{mode: max-autotune, fullgraph: true}``).
+    """
+    hint = f"use compile=false, compile=true, a mode ({', '.join(MODES)}) or a mapping of {', '.join(KEYS)}"
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, str):
+        if value not in MODES:
+            raise UserError(f"compile={value}: not a torch.compile mode; {hint}")
+        return {} if value == "default" else {"mode": value}
+    if hasattr(value, "items"):
+        options = dict(value.items())
+        unknown = sorted(set(options) - set(KEYS))
+        if unknown:
+            raise UserError(f"compile: unknown key(s) {', '.join(unknown)}; {hint}")
+        if options.get("mode") not in (None, *MODES):
+            raise UserError(f"compile.mode={options['mode']}: not a torch.compile mode; {hint}")
+        if isinstance(options.get("options"), dict) or hasattr(options.get("options"), "items"):
+            options["options"] = dict(options["options"].items())
+        return options
+    raise UserError(f"compile={value!r}: {hint}")
+
+
+def compile_in_place(module: torch.nn.Module, options: dict[str, Any]) -> None:
+    """``module.compile(**options)``: compiled in place, so its state-dict keys (and therefore
+    the checkpoints) are the eager module's."""
+    import torch._dynamo
+
+    # nn.LSTM (the SFB's fusion) is a graph break unless Dynamo is allowed to trace it.
+    torch._dynamo.config.allow_rnn = True
+    module.compile(**options)
+
+
+def graph_breaks() -> Counter:
+    """Graph breaks Dynamo has counted in this process so far, by reason."""
+    from torch._dynamo.utils import counters
+
+    return Counter(counters["graph_break"])
+
+
+def describe_graph_breaks(breaks: Counter) -> str:
+    """One line: ``torch.compile: 0 graph breaks`` or the count and the reasons, most frequent first."""
+    total = sum(breaks.values())
+    if not total:
+        return "torch.compile: 0 graph breaks"
+    reasons = "; ".join(f"{n} x {reason.splitlines()[0]}" for reason, n in breaks.most_common(5))
+    return f"torch.compile: {total} graph break(s): {reasons} (TORCH_LOGS=graph_breaks shows where)"
