@@ -212,6 +212,10 @@ def test_loss_weights_and_betas_compose_the_total():
 
     region = sum(b * ce(lg, pids) for b, lg in zip(out["sfb_region_betas"], out["sfb_region_logits"]))
     torch.testing.assert_close(t["region"], region)
+    from magnifier.losses import batch_hard_triplet_loss as triplet  # each term on its own feature
+
+    torch.testing.assert_close(t["triplet"], triplet(out["global_feat"], pids)[0])
+    torch.testing.assert_close(t["sfb_triplet"], triplet(out["sfb_feat"], pids)[0])
 
 
 def test_bf16_autocast_keeps_losses_finite_and_float32():

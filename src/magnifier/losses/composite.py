@@ -12,7 +12,7 @@ from .attributes import attribute_bce_loss
 from .diversity import semantic_diversity_loss
 from .identity import cross_entropy_label_smooth
 from .parsing import class_balanced_parsing_loss
-from .triplet import batch_hard_triplet_loss, gathered_batch_hard_triplet_loss
+from .triplet import batch_hard_triplet_loss, batch_hard_triplet_losses, gathered_batch_hard_triplet_loss
 
 
 class ReIDLoss(nn.Module):
@@ -106,7 +106,12 @@ class ReIDLoss(nn.Module):
         scale: dict[str, torch.Tensor | float] = {}
         if w["id"]:
             terms["id"] = self._id(outputs["global_logits"], pids)
-        if w["triplet"]:
+        paired = None
+        if w["triplet"] and w["sfb_triplet"] and "sfb_feat" in outputs and self._triplet is batch_hard_triplet_loss:
+            # Both triplet terms mine the same batch: one pass over their stacked distances.
+            paired = batch_hard_triplet_losses([outputs["global_feat"], outputs["sfb_feat"]], pids, self.margin)
+            terms["triplet"], terms["triplet_acc"] = paired[0][0], paired[1][0]
+        elif w["triplet"]:
             terms["triplet"], terms["triplet_acc"] = self._triplet(outputs["global_feat"], pids, self.margin)
         if w["parsing"] and "parsing_logits" in outputs:
             terms["parsing"] = class_balanced_parsing_loss(outputs["parsing_logits"], outputs["parsing_target"])
@@ -118,7 +123,9 @@ class ReIDLoss(nn.Module):
             terms["region"] = self._region(outputs["sfb_region_logits"], pids, betas)
         if w["sfb"] and "sfb_logits" in outputs:
             terms["sfb"] = self._id(outputs["sfb_logits"], pids)
-        if w["sfb_triplet"] and "sfb_feat" in outputs:
+        if paired is not None:
+            terms["sfb_triplet"] = paired[0][1]
+        elif w["sfb_triplet"] and "sfb_feat" in outputs:
             terms["sfb_triplet"], _ = self._triplet(outputs["sfb_feat"], pids, self.margin)
         if w["diversity"] and "sfb_region_feats" in outputs:
             terms["diversity"] = semantic_diversity_loss(outputs["sfb_region_feats"])

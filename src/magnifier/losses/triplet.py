@@ -3,6 +3,8 @@ across every rank of a distributed run."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -22,16 +24,17 @@ def pairwise_euclidean(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.
 
 
 def _hardest(distances: torch.Tensor, same: torch.Tensor, margin: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distances (A, M) from A anchors to M candidates, ``same`` (A, M) true where the identities
-    match -> (mean over the A anchors of the loss on each anchor's farthest positive and nearest
-    negative, fraction of those triplets already satisfied)."""
-    d_ap = distances.masked_fill(~same, float("-inf")).amax(1)
-    d_an = distances.masked_fill(same, float("inf")).amin(1)
+    """Distances (..., A, M) from A anchors to M candidates (any leading dims: one pass for
+    several embeddings of the same images), ``same`` (A, M) true where the identities match ->
+    (mean over the A anchors of the loss on each anchor's farthest positive and nearest
+    negative, fraction of those triplets already satisfied), each of shape (...)."""
+    d_ap = distances.masked_fill(~same, float("-inf")).amax(-1)
+    d_an = distances.masked_fill(same, float("inf")).amin(-1)
     if margin is None:
-        loss = F.softplus(d_ap - d_an).mean()
+        loss = F.softplus(d_ap - d_an).mean(-1)
     else:
-        loss = F.relu(d_ap - d_an + margin).mean()
-    return loss, (d_an > d_ap).float().mean()
+        loss = F.relu(d_ap - d_an + margin).mean(-1)
+    return loss, (d_an > d_ap).float().mean(-1)
 
 
 def _batch_hard_triplet_loss(
@@ -44,6 +47,20 @@ def _batch_hard_triplet_loss(
     squared distances overflow float16.
     """
     return _hardest(pairwise_euclidean(features), pids.unsqueeze(0) == pids.unsqueeze(1), margin)
+
+
+def _batch_hard_triplet_losses(
+    features: Sequence[torch.Tensor], pids: torch.Tensor, margin: float | None = 0.3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`batch_hard_triplet_loss` of T embeddings of the same N images in one mining pass.
+
+    features: T tensors (N, D_t) (widths may differ: MagnifierNet's global 2048-d and fused
+    1024-d features), pids (N,) -> (losses (T,), fractions satisfied (T,)), equal to T calls.
+    The T distance matrices are stacked (T, N, N) and mined together with one identity mask:
+    fewer, larger kernels than one pass per embedding.
+    """
+    distances = torch.stack([pairwise_euclidean(f) for f in features])
+    return _hardest(distances, pids.unsqueeze(0) == pids.unsqueeze(1), margin)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -108,4 +125,5 @@ def _gathered_batch_hard_triplet_loss(
 # Wrapped by assignment rather than as a decorator so that `make mutation` (mutmut, which skips
 # decorated functions) can reach the body.
 batch_hard_triplet_loss = float32_loss(_batch_hard_triplet_loss)
+batch_hard_triplet_losses = float32_loss(_batch_hard_triplet_losses)
 gathered_batch_hard_triplet_loss = float32_loss(_gathered_batch_hard_triplet_loss)
