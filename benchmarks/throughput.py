@@ -2,7 +2,8 @@
 
 Reports, on this machine:
   * data pipeline: images/s of one worker (JPEG + PNG decode and joint albumentations
-    augmentation, exactly what a DataLoader worker runs), for training and evaluation samples;
+    augmentation, exactly what a DataLoader worker runs), for training samples (float32, and
+    uint8 as ``dataset.normalize_on_device`` hands them to the GPU) and evaluation samples;
   * training step: images/s of forward + backward + Adam step of the baseline model for each
     backbone asked for, at the given batch and input size.
 
@@ -48,9 +49,13 @@ def machine() -> str:
 def bench_data(root: Path, height: int, width: int, repeats: int = 3) -> dict[str, float]:
     data = load_dataset("synthetic", root)
     train = ReIDImageDataset(data.train[:400], build_transforms(height, width, train=True), with_masks=True)
+    # dataset.normalize_on_device: uint8 out of the worker, normalised on the GPU after the copy.
+    train_u8 = ReIDImageDataset(data.train[:400], build_transforms(height, width, train=True, on_device=True),
+                                with_masks=True)
     test = ReIDImageDataset(data.gallery[:400], build_transforms(height, width, train=False))
     out = {}
-    for name, ds in (("train (image + label map, augmented)", train), ("eval (image only)", test)):
+    for name, ds in (("train (image + label map, augmented)", train), ("train, uint8 (normalize_on_device)", train_u8),
+                     ("eval (image only)", test)):
         rates = []
         for _ in range(repeats):
             t0 = time.perf_counter()

@@ -15,7 +15,7 @@ from .dataset import MissingAttributesError, ReIDImageDataset, unreadable_files
 from .files import label_map_problems
 from .datasets import ReIDData, combine_train, load_dataset
 from .samplers import EPOCH_MODES, RandomIdentitySampler
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, erasing_fill_value, normalize_on_device
 
 
 class ReIDDataModule(pl.LightningDataModule):
@@ -39,6 +39,11 @@ class ReIDDataModule(pl.LightningDataModule):
         erasing_fill: what random erasing writes into the normalised training image: ``authors``
             (the raw numbers of ``mean``, as the authors' code), ``zero`` (the mean pixel) or 3
             numbers; see :func:`magnifier.data.transforms.erasing_fill_value`.
+        normalize_on_device: training images leave the loader workers as uint8 with their random
+            erasing box, and are normalised (and the box filled) on the training device after the
+            copy (:meth:`on_after_batch_transfer`): 4x fewer bytes pinned and copied, less work in
+            the workers, the same numbers to rounding. ``auto`` (default): on when training on a
+            CUDA device; ``true``/``false`` force it. Evaluation images are always float.
         use_masks: read part label maps for training (the parsing head, SRB and SFB need them).
         eval_masks: also read query/gallery label maps (for ``model.gt_masks_at_test``, analysis only).
         mask_scheme: the label set the maps are written in (``conf/masks/``: eanet, lip,
@@ -88,6 +93,7 @@ class ReIDDataModule(pl.LightningDataModule):
         options: dict[str, Any] | None = None,
         train: list[str] | None = None,
         sampler_epoch: str = "pad",
+        normalize_on_device: bool | str = "auto",
     ):
         super().__init__()
         self.name, self.root = name, str(root)
@@ -119,9 +125,14 @@ class ReIDDataModule(pl.LightningDataModule):
             raise UserError(f"dataset.sampler_epoch={sampler_epoch!r}: use {' or '.join(EPOCH_MODES)}")
         self.sampler_epoch = sampler_epoch
         self.attribute_names: list[str] | None = None
-        self.train_transform = build_transforms(
-            height, width, True, flip_p, pad, erasing_p, tuple(mean), tuple(std), erasing_fill
-        )
+        if normalize_on_device not in (True, False, "auto"):
+            raise UserError(f"dataset.normalize_on_device={normalize_on_device!r}: use auto, true or false")
+        self.normalize_on_device = normalize_on_device
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(v) for v in std)
+        self.erasing_fill = erasing_fill_value(erasing_fill, self.mean)
+        train_args = (height, width, True, flip_p, pad, erasing_p, self.mean, self.std, erasing_fill)
+        self.train_transform = build_transforms(*train_args)
+        self.device_train_transform = build_transforms(*train_args, on_device=True)
         self.test_transform = build_transforms(height, width, False, mean=tuple(mean), std=tuple(std))
         self.data: ReIDData | None = None
         self._checked: set[str] = set()  # file scans done in this process (check_files)
@@ -291,7 +302,15 @@ class ReIDDataModule(pl.LightningDataModule):
             "persistent_workers": self.num_workers > 0,
         }
 
+    def _normalizes_on_device(self) -> bool:
+        if self.normalize_on_device != "auto":
+            return bool(self.normalize_on_device)
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
     def train_dataloader(self) -> DataLoader:
+        on_device = self._normalizes_on_device()
+        self.train_set.transform = self.device_train_transform if on_device else self.train_transform
         sampler = RandomIdentitySampler(
             self.train_set.pids, num_instances=self.num_instances, batch_size=self.batch_size, seed=self.seed,
             epoch_mode=self.sampler_epoch, with_seeds=True,
@@ -308,6 +327,14 @@ class ReIDDataModule(pl.LightningDataModule):
         if trainer is None:
             return 0
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches of uint8 images (``normalize_on_device``), now on the training
+        device: normalised and their erasing boxes filled (:func:`normalize_on_device`)."""
+        if isinstance(batch, dict) and torch.is_tensor(batch.get("image")) and batch["image"].dtype == torch.uint8:
+            batch["image"] = normalize_on_device(batch["image"], batch.pop("erase", None), self.mean, self.std,
+                                                 self.erasing_fill)
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         # Its own generator: starting an iterator draws the workers' base seed, and drawn from

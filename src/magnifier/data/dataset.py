@@ -19,6 +19,7 @@ from .files import (  # noqa: F401  (re-exported: the data module and tests impo
     unreadable_files,
 )
 from .masks import LabelScheme, get_scheme, stripe_parts
+from .transforms import apply_with_erasing_box
 
 
 class MissingAttributesError(ValueError):
@@ -129,12 +130,13 @@ class ReIDImageDataset(Dataset):
         sample = {"pid": rec.pid, "camid": rec.camid, "index": index, "path": rec.path}
         if self.on_bad_image == "replace":
             sample["replaced"] = replaced
+        targets = {"image": image} if label is None else {"image": image, "mask": label}
+        out, box = apply_with_erasing_box(self.transform, **targets)
         if label is not None:
-            out = self.transform(image=image, mask=label)
             sample["mask"] = torch.as_tensor(out["mask"]).long()
-        else:
-            out = self.transform(image=image)
         sample["image"] = out["image"]
+        if out["image"].dtype == torch.uint8:  # normalised on the training device, box filled there
+            sample["erase"] = torch.as_tensor(box if box is not None else (0, 0, 0, 0), dtype=torch.int32)
         if self.attributes is not None:
             sample["attributes"] = self.attributes[rec.original_pid]
         return sample

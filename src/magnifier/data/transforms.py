@@ -47,6 +47,56 @@ class RandomErasing(A.Erasing):
         return {"holes": np.zeros((0, 4), dtype=np.int32)}
 
 
+class ErasingBox(RandomErasing):
+    """:class:`RandomErasing` for images normalised on the training device: the box is sampled
+    exactly as there (same random draws) but the uint8 image is left as it is; the box is kept
+    in ``box`` ((x1, y1, x2, y2), or None when nothing was erased) for
+    :func:`apply_with_erasing_box`, and :func:`normalize_on_device` fills it after normalising."""
+
+    box: np.ndarray | None = None
+
+    def apply(self, img: np.ndarray, holes: np.ndarray, **params: Any) -> np.ndarray:
+        self.box = holes[0].copy() if len(holes) else None
+        return img
+
+
+def apply_with_erasing_box(transform: A.Compose, **targets: Any) -> tuple[dict[str, Any], np.ndarray | None]:
+    """``transform(**targets)`` and the box its :class:`ErasingBox` sampled ((4,) int32
+    x1, y1, x2, y2), or None when it has none or erased nothing this time."""
+    boxes = [t for t in getattr(transform, "transforms", ()) if isinstance(t, ErasingBox)]
+    for op in boxes:
+        op.box = None  # not applied at all this time (probability erasing_p): no box
+    out = transform(**targets)
+    return out, (boxes[0].box if boxes else None)
+
+
+def normalize_on_device(
+    images: "torch.Tensor",
+    boxes: "torch.Tensor | None",
+    mean: Sequence[float],
+    std: Sequence[float],
+    fill: Sequence[float],
+) -> "torch.Tensor":
+    """uint8 images (N, 3, H, W) on any device -> float32 (N, 3, H, W), normalised as
+    ``A.Normalize`` does ((x / 255 - mean) / std), then each image's erasing box (N, 4) int
+    (x1, y1, x2, y2; x2 = x1 for none) filled with ``fill`` (the normalised value, see
+    :func:`erasing_fill_value`): what :func:`build_transforms` gives on the CPU, to rounding."""
+    import torch
+
+    def column(values: Sequence[float]) -> torch.Tensor:
+        return torch.tensor([float(v) for v in values], device=images.device).view(1, 3, 1, 1)
+
+    out = (images.float() / 255.0 - column(mean)) / column(std)
+    if boxes is not None:
+        boxes = boxes.to(images.device).long()
+        rows = torch.arange(images.shape[2], device=images.device).view(1, -1, 1)
+        cols = torch.arange(images.shape[3], device=images.device).view(1, 1, -1)
+        x1, y1, x2, y2 = (boxes[:, i].view(-1, 1, 1) for i in range(4))
+        inside = (rows >= y1) & (rows < y2) & (cols >= x1) & (cols < x2)  # (N, H, W)
+        out = torch.where(inside.unsqueeze(1), column(fill), out)
+    return out
+
+
 def erasing_fill_value(
     erasing_fill: str | Sequence[float], mean: Sequence[float] = IMAGENET_MEAN
 ) -> tuple[float, float, float]:
@@ -83,8 +133,13 @@ def build_transforms(
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
     erasing_fill: str | Sequence[float] = "authors",
+    on_device: bool = False,
 ) -> A.Compose:
     """The strong-baseline recipe: resize, flip, pad + random crop, normalise, random erasing.
+
+    ``on_device=True`` stops before normalising: ``image`` stays uint8 (3, H, W) and random
+    erasing only samples its box (:class:`ErasingBox`, read with :func:`apply_with_erasing_box`);
+    :func:`normalize_on_device` finishes the recipe on the training device.
 
     Random erasing (train only, probability ``erasing_p``, area 2-40 %, aspect 0.3-1/0.3, up to
     100 attempts) runs after normalisation and writes ``erasing_fill`` into the normalised image:
@@ -105,12 +160,15 @@ def build_transforms(
                 A.PadIfNeeded(height + 2 * pad, width + 2 * pad, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0)
             )
             ops.append(A.RandomCrop(height, width))
-    ops.append(A.Normalize(mean=mean, std=std))
+    # On the device's path a no-op holds Normalize's place, so that every later draw (the
+    # erasing box) is the one the CPU path makes with the same seed.
+    ops.append(A.NoOp(p=1.0) if on_device else A.Normalize(mean=mean, std=std))
     if train and erasing_p > 0:
         # Runs on Normalize's float32 HWC output, so ``fill`` (a per-channel tuple, which
         # A.Erasing's cutout writes channel by channel) is in normalised units: the authors' mean
         # numbers are NOT the mean pixel (that is "zero"). fill_mask=None leaves the label map
         # untouched (the person is still there).
-        ops.append(RandomErasing(p=erasing_p, scale=(0.02, 0.4), ratio=(0.3, 1 / 0.3), fill=fill, fill_mask=None))
+        erasing = ErasingBox if on_device else RandomErasing
+        ops.append(erasing(p=erasing_p, scale=(0.02, 0.4), ratio=(0.3, 1 / 0.3), fill=fill, fill_mask=None))
     ops.append(ToTensorV2())
     return A.Compose(ops)
