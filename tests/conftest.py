@@ -68,3 +68,39 @@ def tiny_checkpoint(tiny_data_dir, tmp_path_factory) -> Path:
     ckpt = out / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     return ckpt
+
+
+def fit_tiny_steps(data_dir: Path, root: Path, overrides: list[str] = (), steps: int = 3, **module_kwargs):
+    """Train ``steps`` steps of MagnifierNet (ResNet-18, batch 8) on the tiny dataset in this
+    process, seeded as a run is. Returns (per-step losses, the image dtypes the steps received
+    after the batch transfer, the trained module, the data module)."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from magnifier.module import ReIDModule
+
+    class Seen(pl.Callback):
+        def __init__(self):
+            self.losses: list[float] = []
+            self.dtypes: set = set()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.dtypes.add(batch["image"].dtype)  # after on_after_batch_transfer
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+
+    cfg = compose(tiny_overrides(data_dir) + ["model/backbone=resnet18", "dataset.batch_size=8", *overrides])
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule.load()
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "loss", "optim")}
+    pl.seed_everything(0)
+    module = ReIDModule(net=parts["model"], loss=parts["loss"], optim=parts["optim"], **module_kwargs)
+    seen = Seen()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[seen], default_root_dir=str(root))
+    trainer.fit(module, datamodule=datamodule)
+    return seen.losses, seen.dtypes, module, datamodule

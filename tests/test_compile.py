@@ -4,15 +4,12 @@ graph break in MagnifierNet's step."""
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
-import torch
 from omegaconf import OmegaConf
 
 from magnifier.compilation import compile_options, describe_graph_breaks
 from magnifier.errors import UserError
-from magnifier.module import ReIDModule
 
-from .conftest import compose, tiny_overrides
+from .conftest import fit_tiny_steps
 
 
 def test_compile_options():
@@ -39,30 +36,9 @@ def test_describe_graph_breaks():
     assert line.startswith("torch.compile: 4 graph break(s): 3 x Attempted to wrap RNN; 1 x print")
 
 
-class _Losses(pl.Callback):
-    def __init__(self):
-        self.losses: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.losses.append(float(outputs["loss"]))
-
-
-def _fit(data_dir, tmp_path, compile, steps: int = 3) -> tuple[list[float], dict]:
-    from hydra.utils import instantiate
-
-    cfg = compose(tiny_overrides(data_dir) + ["model/backbone=resnet18", "dataset.batch_size=8"])
-    datamodule = instantiate(cfg.dataset)
-    datamodule.prepare_data()
-    datamodule.load()
-    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "loss", "optim")}
-    pl.seed_everything(0)
-    module = ReIDModule(net=parts["model"], loss=parts["loss"], optim=parts["optim"], compile=compile)
-    losses = _Losses()
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[losses], default_root_dir=str(tmp_path))
-    trainer.fit(module, datamodule=datamodule)
-    return losses.losses, {k: v.detach().clone() for k, v in module.net.state_dict().items()}
+def _fit(data_dir, tmp_path, compile) -> tuple[list[float], dict]:
+    losses, _, module, _ = fit_tiny_steps(data_dir, tmp_path, compile=compile)
+    return losses, {k: v.detach().clone() for k, v in module.net.state_dict().items()}
 
 
 def _compare(eager, compiled, rtol: float) -> None:

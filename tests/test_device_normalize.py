@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
 
 from magnifier.data.transforms import (
     IMAGENET_MEAN,
@@ -19,7 +17,7 @@ from magnifier.data.transforms import (
 )
 from magnifier.errors import UserError
 
-from .conftest import compose, tiny_overrides
+from .conftest import compose, fit_tiny_steps, tiny_overrides
 
 
 @pytest.mark.parametrize("fill", ["authors", "zero", [0.5, -1.0, 2.0]])
@@ -53,51 +51,19 @@ def test_normalize_on_device_on_hand_made_boxes():
     torch.testing.assert_close(out, want)
 
 
-class _Losses(pl.Callback):
-    def __init__(self):
-        self.losses: list[float] = []
-        self.dtypes: set[torch.dtype] = set()
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.dtypes.add(batch["image"].dtype)  # after on_after_batch_transfer
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.losses.append(float(outputs["loss"]))
-
-
-def _fit(data_dir, tmp_path, on_device: bool) -> tuple[_Losses, object]:
-    from hydra.utils import instantiate
-
-    from magnifier.module import ReIDModule
-
-    cfg = compose(tiny_overrides(data_dir) + ["model/backbone=resnet18", "dataset.batch_size=8",
-                                              f"dataset.normalize_on_device={str(on_device).lower()}"])
-    datamodule = instantiate(cfg.dataset)
-    datamodule.prepare_data()
-    datamodule.load()
-    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "loss", "optim")}
-    pl.seed_everything(0)
-    module = ReIDModule(net=parts["model"], loss=parts["loss"], optim=parts["optim"])
-    seen = _Losses()
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=3, limit_val_batches=0, num_sanity_val_steps=0,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[seen], default_root_dir=str(tmp_path))
-    trainer.fit(module, datamodule=datamodule)
-    return seen, datamodule
-
-
 def test_training_with_images_normalised_on_the_device_follows_the_cpu_recipe(tiny_data_dir, tmp_path):
-    cpu, _ = _fit(tiny_data_dir, tmp_path / "cpu", on_device=False)
-    dev, datamodule = _fit(tiny_data_dir, tmp_path / "dev", on_device=True)
-    assert cpu.dtypes == dev.dtypes == {torch.float32}  # the device path was taken and finished
+    cpu_losses, cpu_dtypes, _, _ = fit_tiny_steps(tiny_data_dir, tmp_path / "cpu", ["dataset.normalize_on_device=false"])
+    dev_losses, dev_dtypes, _, datamodule = fit_tiny_steps(tiny_data_dir, tmp_path / "dev",
+                                                           ["dataset.normalize_on_device=true"])
+    assert cpu_dtypes == dev_dtypes == {torch.float32}  # the device path was taken and finished
     sample = datamodule.train_set[(0, 123)]
     assert sample["image"].dtype == torch.uint8 and sample["erase"].shape == (4,)
     assert datamodule.query_set[0]["image"].dtype == torch.float32  # evaluation stays float
     # The same images to rounding (2e-6), so the first step's loss is the same; Adam's first
     # updates (about lr * sign(gradient)) turn rounding into whole steps on near-zero gradients,
     # so later losses drift a little (1e-4 here).
-    assert dev.losses[0] == pytest.approx(cpu.losses[0], rel=1e-6)
-    assert dev.losses == pytest.approx(cpu.losses, rel=1e-3)
+    assert dev_losses[0] == pytest.approx(cpu_losses[0], rel=1e-6)
+    assert dev_losses == pytest.approx(cpu_losses, rel=1e-3)
 
 
 def test_auto_is_off_on_the_cpu_and_bad_values_are_refused(tiny_data_dir):

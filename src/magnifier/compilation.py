@@ -50,7 +50,7 @@ def compile_options(value: Any) -> dict[str, Any] | None:
             raise UserError(f"compile: unknown key(s) {', '.join(unknown)}; {hint}")
         if options.get("mode") not in (None, *MODES):
             raise UserError(f"compile.mode={options['mode']}: not a torch.compile mode; {hint}")
-        if isinstance(options.get("options"), dict) or hasattr(options.get("options"), "items"):
+        if hasattr(options.get("options"), "items"):  # a DictConfig from the command line
             options["options"] = dict(options["options"].items())
         return options
     raise UserError(f"compile={value!r}: {hint}")

@@ -83,14 +83,16 @@ def normalize_on_device(
     :func:`erasing_fill_value`): what :func:`build_transforms` gives on the CPU, to rounding."""
     import torch
 
-    def column(values: Sequence[float]) -> torch.Tensor:
-        return torch.tensor([float(v) for v in values], device=images.device).view(1, 3, 1, 1)
+    from magnifier.tensors import device_constant
+
+    def column(values: Sequence[float]) -> torch.Tensor:  # every step: no copy from the host
+        return device_constant(tuple(float(v) for v in values), images.device, torch.float32).view(1, 3, 1, 1)
 
     out = (images.float() / 255.0 - column(mean)) / column(std)
     if boxes is not None:
         boxes = boxes.to(images.device).long()
-        rows = torch.arange(images.shape[2], device=images.device).view(1, -1, 1)
-        cols = torch.arange(images.shape[3], device=images.device).view(1, 1, -1)
+        rows = device_constant(tuple(range(images.shape[2])), images.device).view(1, -1, 1)
+        cols = device_constant(tuple(range(images.shape[3])), images.device).view(1, 1, -1)
         x1, y1, x2, y2 = (boxes[:, i].view(-1, 1, 1) for i in range(4))
         inside = (rows >= y1) & (rows < y2) & (cols >= x1) & (cols < x2)  # (N, H, W)
         out = torch.where(inside.unsqueeze(1), column(fill), out)

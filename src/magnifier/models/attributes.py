@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from magnifier.parts import ATTRIBUTE_GROUPS, NUM_PARTS, group_sizes_for
+from magnifier.tensors import device_constant
 
-from .branches import device_constant, fresh_bottleneck
+from .branches import fresh_bottleneck
 
 #: The attention map each part label's SFB mask is softened with (an index into
 #: :data:`ATTRIBUTE_GROUPS`): head -> head map; torso and arms -> upper map; legs and foot ->

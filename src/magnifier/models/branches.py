@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from magnifier.parts import LOWER_BODY, NUM_PARTS, UPPER_BODY
+from magnifier.tensors import device_constant
 
 
 def init_bnneck(bn: nn.BatchNorm1d) -> nn.BatchNorm1d:
@@ -53,21 +54,6 @@ class GlobalBranch(nn.Module):
 
 #: How :func:`labels_to_grid` picks each grid cell's label: offset of the sampled pixel in the cell.
 GRID_SAMPLING = {"centre": 0.5, "corner": 0.0}
-
-
-_CONSTANTS: dict[tuple, torch.Tensor] = {}
-
-
-def device_constant(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """A long tensor of ``values`` on ``device``, made once per process and device: building it
-    each step would copy from host memory every time (a copy the GPU stream waits for)."""
-    key = (values, str(device))
-    if key not in _CONSTANTS or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        tensor = torch.tensor(values, dtype=torch.long, device=device)
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return tensor  # an exported graph holds it as a constant of its own
-        _CONSTANTS[key] = tensor
-    return _CONSTANTS[key]
 
 
 def labels_to_grid(labels: torch.Tensor, size: tuple[int, int], sampling: str = "centre") -> torch.Tensor:
