@@ -153,13 +153,16 @@ def test_submitit_job_stopped_at_its_time_limit_saves_requeues_and_resumes(tiny_
     assert json.loads((job / "metrics.json").read_text())["status"] == "finished"
     final = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # As many steps as 14 whole epochs: the resumed epochs started where the stopped ones ended.
+    # The saved epoch is 13, or 14 when the signal came after the last epoch's last batch (Lightning
+    # counts that epoch complete before it checks for the signal; the requeued job then has nothing
+    # left to train, which a loaded machine makes likely).
     from hydra.utils import instantiate
 
     from .conftest import compose
 
     datamodule = instantiate(compose(tiny_overrides(tiny_data_dir) + ["dataset.batch_size=8"], output_dir=str(tmp_path)).dataset)
     datamodule.setup("fit")
-    assert final["epoch"] == 13 and final["global_step"] == 14 * len(datamodule.train_dataloader())
+    assert final["epoch"] in (13, 14) and final["global_step"] == 14 * len(datamodule.train_dataloader())
 
 
 @pytest.mark.multiprocess
