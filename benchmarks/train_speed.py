@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from magnifier.compilation import compile_in_place
+from magnifier.compilation import compile_in_place, compiled_frames
 from magnifier.losses import ReIDLoss
 from magnifier.models import Baseline, MagnifierNet
 
@@ -120,6 +120,7 @@ def time_setting(setting: Setting, device: torch.device, backbone: str, batch: i
             runner.step()
     _sync(device)
     warm_s = time.perf_counter() - t_compile
+    frames = compiled_frames()
     for _ in range(steps):
         for name, runner in runners.items():
             _sync(device)
@@ -129,7 +130,8 @@ def time_setting(setting: Setting, device: torch.device, backbone: str, batch: i
             times[name].append(time.perf_counter() - t0)
     base, mag = statistics.median(times["baseline"]), statistics.median(times["magnifier"])
     row = {"setting": str(setting), "baseline_ms": 1e3 * base, "magnifier_ms": 1e3 * mag, "ratio": mag / base,
-           "baseline_images_s": batch / base, "magnifier_images_s": batch / mag, "warmup_s": warm_s}
+           "baseline_images_s": batch / base, "magnifier_images_s": batch / mag, "warmup_s": warm_s,
+           "recompiles_timed": compiled_frames() - frames}  # after the warm-up: 0 unless a guard fails
     if device.type == "cuda":
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         torch.cuda.reset_peak_memory_stats(device)
@@ -286,7 +288,8 @@ def main() -> None:
         row = time_setting(setting, device, args.backbone, args.batch, args.steps, args.warmup)
         result["rows"].append(row)
         print(f"{row['setting']:<30} {row['baseline_ms']:8.1f}ms {row['magnifier_ms']:8.1f}ms {row['ratio']:5.2f}x "
-              f"{row['magnifier_images_s']:10.0f} {row['warmup_s']:7.1f}s", flush=True)
+              f"{row['magnifier_images_s']:10.0f} {row['warmup_s']:7.1f}s"
+              + (f"  {row['recompiles_timed']} recompile(s) while timed" if row["recompiles_timed"] else ""), flush=True)
         save()
     if target != "none" and "profile" not in result:
         _profile(result, target, device, args)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from magnifier.compilation import compile_options, describe_graph_breaks
+from magnifier.compilation import RecompileWatch, compile_options, describe_graph_breaks
 from magnifier.errors import UserError
 
 from .conftest import fit_tiny_steps
@@ -36,8 +36,27 @@ def test_describe_graph_breaks():
     assert line.startswith("torch.compile: 4 graph break(s): 3 x Attempted to wrap RNN; 1 x print")
 
 
-def _fit(data_dir, tmp_path, compile) -> tuple[list[float], dict]:
-    losses, _, module, _ = fit_tiny_steps(data_dir, tmp_path, compile=compile)
+def test_recompile_watch_counts_the_compilations_of_a_changed_guard():
+    """The control for the no-recompile check below: a new input shape compiles again."""
+    import torch
+
+    layer = torch.nn.Linear(4, 2)
+    layer.compile(backend="eager")
+    watch = RecompileWatch()
+    assert watch.stop() == 0  # not started
+    layer(torch.randn(2, 4))  # the first compilation, not watched
+    for rows, compiled in ((2, 0), (3, 1), (3, 0)):
+        watch.start()
+        layer(torch.randn(rows, 4))
+        assert watch.stop() == compiled
+    assert watch.total == 1
+
+
+def _fit(data_dir, tmp_path, compile, steps: int = 3) -> tuple[list[float], dict]:
+    losses, _, module, _ = fit_tiny_steps(data_dir, tmp_path, steps=steps, compile=compile)
+    if compile:
+        # Every step erases other SRB regions and samples other identities: none may recompile.
+        assert module.recompiles.total == 0
     return losses, {k: v.detach().clone() for k, v in module.net.state_dict().items()}
 
 
@@ -58,7 +77,8 @@ def test_compiled_step_traces_without_graph_breaks_and_trains_as_eager(tiny_data
     MagnifierNet (the SFB's LSTM included) and its backward, and three Adam steps follow eager's."""
     eager = _fit(tiny_data_dir, tmp_path / "eager", False)
     compiled = _fit(tiny_data_dir, tmp_path / "compiled", {"backend": "aot_eager"})
-    assert "torch.compile: 0 graph breaks" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "torch.compile: 0 graph breaks" in out and "recompiled" not in out
     _compare(eager, compiled, rtol=1e-5)
 
 

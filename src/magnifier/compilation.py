@@ -73,6 +73,41 @@ def graph_breaks() -> Counter:
     return Counter(counters["graph_break"])
 
 
+def compiled_frames() -> int:
+    """Frames Dynamo has compiled in this process so far, recompilations included."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["total"])
+
+
+class RecompileWatch:
+    """Counts the compilations that happen between :meth:`start` and :meth:`stop` (e.g. within
+    one training step after the first): each is a recompile, where a guard (a shape, a dtype, a
+    Python value baked into the graph) failed. With CUDA graphs (``mode=reduce-overhead``) each
+    also re-records the graphs, so a step that recompiles every time is slower than eager."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._at: int | None = None
+
+    def start(self) -> None:
+        self._at = compiled_frames()
+
+    def stop(self) -> int:
+        """The compilations since :meth:`start` (0 if it was not called); added to ``total``."""
+        if self._at is None:
+            return 0
+        new, self._at = compiled_frames() - self._at, None
+        self.total += new
+        return new
+
+
+def describe_recompile(step: int, new: int, total: int) -> str:
+    """One line for a training step that compiled again."""
+    return (f"torch.compile: step {step} recompiled {new} frame(s) ({total} so far after the first step); "
+            "TORCH_LOGS=recompiles shows which guard failed")
+
+
 def describe_graph_breaks(breaks: Counter) -> str:
     """One line: ``torch.compile: 0 graph breaks`` or the count and the reasons, most frequent first."""
     total = sum(breaks.values())

@@ -113,10 +113,11 @@ class ReIDModule(pl.LightningModule):
         self.val_metric = ReIDMetric()
         self.test_metric = ReIDMetric()
         self._initial_optimizer_state: dict | None = None
-        from magnifier.compilation import compile_options
+        from magnifier.compilation import RecompileWatch, compile_options
 
         self._compile = compile_options(compile)  # a bad value fails here, before any step
         self._compiled, self._breaks_before = False, None
+        self.recompiles = RecompileWatch()  # training steps after the first that compiled again
         if num_classes is not None:
             self.build(num_classes)
 
@@ -163,17 +164,29 @@ class ReIDModule(pl.LightningModule):
         self.log("train/id_acc", acc, batch_size=n, prog_bar=True)
         return terms["loss"]
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._compiled and self._breaks_before is None:
+            self.recompiles.start()  # compilations within this step are recompiles
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self._compiled and self._breaks_before is not None:
+        if not self._compiled:
+            return
+        from magnifier.results import say
+
+        if self._breaks_before is not None:
             # The first step has traced and compiled the network and the loss: report its breaks.
             from magnifier.compilation import describe_graph_breaks, graph_breaks
 
             breaks = graph_breaks() - self._breaks_before
             self._breaks_before = None
             if self.trainer.is_global_zero:
-                from magnifier.results import say
-
                 say(describe_graph_breaks(breaks))
+            return
+        new = self.recompiles.stop()  # the random SRB regions, for one, must not cause any
+        if new and self.trainer.is_global_zero:
+            from magnifier.compilation import describe_recompile
+
+            say(describe_recompile(self.trainer.global_step, new, self.recompiles.total))
 
     # -- evaluation ---------------------------------------------------------------------------
     def _eval_step(self, metric, batch: dict[str, Any]) -> None:
