@@ -201,7 +201,10 @@ class ReIDModule(pl.LightningModule):
             metric.reset()
             return
         for key in METRIC_KEYS:
-            self.log(f"{prefix}/{key}", results[key], prog_bar=key in ("rank1", "mAP"), sync_dist=False)
+            # Every rank computed the same value from the gathered features. The max over ranks
+            # is that value exactly (a mean could round), and syncing at all keeps Lightning from
+            # advising sync_dist=True for each key under DDP: one scalar all-reduce per epoch.
+            self.log(f"{prefix}/{key}", results[key], prog_bar=key in ("rank1", "mAP"), sync_dist=True, reduce_fx="max")
         metric.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
