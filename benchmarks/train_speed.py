@@ -299,6 +299,34 @@ def main() -> None:
         result["sync_check"] = sync_check(setting, device, args.backbone, args.batch)
         print(f"synchronising calls in one MagnifierNet step: {result['sync_check']}", flush=True)
         save()
+    result["goals"] = goals(result, args.lightning_args)
+    if result["goals"]:
+        print("goals: " + "; ".join(f"{k} {v['value']:.3g} ({next(x for x in v.values() if isinstance(x, str))})"
+                                    for k, v in result["goals"].items()), flush=True)
+        save()
+
+
+def goals(result: dict, lightning_args: list[str]) -> dict:
+    """The issue's three goals from one run's figures, where that run measured them:
+    ``lightning_over_bare`` (goal 1: at least 0.90), the Lightning run's images/s over the bare
+    loop's at its setting (256x128, bf16, fused Adam, eager or compiled as the Lightning run was);
+    ``bf16_ratio`` (goal 2: at most 1.3), the best MagnifierNet/baseline step ratio in bf16;
+    ``gpu_busy_fraction`` (goal 3: as high as the model allows), from the profile."""
+    out: dict = {}
+    mode = "compile" if any(a.startswith("compile=") and a != "compile=false" for a in lightning_args) else "eager"
+    rows = {row["setting"]: row for row in result["rows"]}
+    bare = rows.get(f"256x128:bf16:{mode}:fused")
+    images_s = result.get("lightning", {}).get("images_s")
+    if bare and images_s:
+        out["lightning_over_bare"] = {"value": images_s / bare["magnifier_images_s"], "bare": bare["setting"]}
+    bf16 = [row for row in result["rows"] if ":bf16:" in row["setting"]]
+    if bf16:
+        best = min(bf16, key=lambda row: row["ratio"])
+        out["bf16_ratio"] = {"value": best["ratio"], "setting": best["setting"]}
+    busy = result.get("profile", {}).get("magnifier", {}).get("gpu_busy_fraction")
+    if busy is not None:
+        out["gpu_busy_fraction"] = {"value": busy, "setting": result["profile"]["setting"]}
+    return out
 
 
 def _profile(result: dict, target: str, device: torch.device, args) -> str:
