@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,6 +12,12 @@ import torch
 from hydra.utils import instantiate
 
 log = logging.getLogger(__name__)
+
+# Under DDP, Lightning shards the evaluation loaders with a DistributedSampler, which pads the
+# last ranks with repeated samples, and advises evaluating on one device. ReIDMetric keeps one
+# row per dataset index after gathering (tested against one process), so the advice does not
+# apply here and would only worry the reader.
+warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders\. During `trainer\.(test|validate)\(\)`")
 
 #: Metric names logged under ``val/`` and ``test/``.
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
