@@ -191,14 +191,8 @@ def train(cfg: DictConfig) -> dict:
 
 
 def _train(cfg: DictConfig, state: dict) -> dict:
-    import pytorch_lightning as pl
-    from hydra.utils import instantiate
-
-    from magnifier.data.dataset import LabelMapError
-    from magnifier.distributed import close_process_group
-    from magnifier.module import ReIDModule
-    from magnifier.resilience import AtomicCheckpointIO
-
+    # The checks below need torch at most, not Lightning (5 s more to import): a wrong GPU
+    # count, logger or checkpoint is reported that much sooner.
     # The GPU check comes before any data is touched: a wrong trainer.gpus fails in a second.
     kwargs = trainer_kwargs(cfg.trainer)
     if _is_global_zero():
@@ -220,6 +214,14 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     if cfg.get("init_from") and not Path(cfg.init_from).is_file():
         raise UserError(f"init_from={cfg.init_from}: no such checkpoint file (the weights to start from, "
                         "e.g. stage 1's .../checkpoints/last.ckpt)")
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from magnifier.data.dataset import LabelMapError
+    from magnifier.distributed import close_process_group
+    from magnifier.module import ReIDModule
+    from magnifier.resilience import AtomicCheckpointIO
+
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
