@@ -98,6 +98,21 @@ def test_a_broken_resume_checkpoint_is_refused_before_anything_starts(broken_che
     assert not list(logs.glob("train/runs/*")), list(logs.rglob("*"))
 
 
+@pytest.mark.parametrize("command", ["magnifier.train", "magnifier.evaluate"])
+def test_a_broken_checkpoint_is_refused_before_lightning_or_torchmetrics_is_imported(broken_checkpoints, tmp_path,
+                                                                                      command):
+    """Those two packages take about 5 s to import on two cores: the refusal comes first."""
+    probe = (f"import runpy, sys; sys.argv = ['{command}', 'ckpt_path={broken_checkpoints['truncated']}', "
+             f"'paths.log_dir={tmp_path}', 'logger=csv']\n"
+             f"try:\n    runpy.run_module('{command}', run_name='__main__')\n"
+             "except SystemExit as exit:\n"
+             "    heavy = sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'torchmetrics') if m in sys.modules)\n"
+             "    print('exit', exit.code, 'imported', ','.join(heavy) or 'none')")
+    run = subprocess.run([sys.executable, "-c", probe], env=ENV, capture_output=True, text=True, timeout=300)
+    assert "not a readable PyTorch checkpoint" in run.stderr, run.stderr[-2000:]
+    assert "exit 2 imported none" in run.stdout, run.stdout[-2000:]
+
+
 def test_a_resume_checkpoint_of_another_architecture_is_one_line(tiny_checkpoint, tiny_data_dir, tmp_path):
     from magnifier.train import train
 
