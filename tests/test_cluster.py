@@ -135,7 +135,10 @@ def test_submitit_job_stopped_at_its_time_limit_saves_requeues_and_resumes(tiny_
     from that checkpoint in its own folder until training is done."""
     logs = tmp_path / "logs"
     run = subprocess.run([sys.executable, "-m", "magnifier.train", "-m", "hydra/launcher=submitit_local",
-                          "hydra.launcher.timeout_min=1", *tiny_overrides(tiny_data_dir), f"paths.log_dir={logs}",
+                          # A 1-minute slot on a loaded machine is mostly start-up: allow as many requeues
+                          # as the SLURM launcher does (submitit's local default is 3, which ran out under load).
+                          "hydra.launcher.timeout_min=1", "+hydra.launcher.max_num_timeout=20",
+                          *tiny_overrides(tiny_data_dir), f"paths.log_dir={logs}",
                           "dataset.batch_size=8", "trainer.max_epochs=14", "trainer.check_val_every_n_epoch=7",
                           "test=false", "logger=csv", "~callbacks.progress_bar"],
                          env=ENV, capture_output=True, text=True, timeout=900)
