@@ -52,11 +52,11 @@ def test_recompile_watch_counts_the_compilations_of_a_changed_guard():
     assert watch.total == 1
 
 
-def _fit(data_dir, tmp_path, compile, steps: int = 3) -> tuple[list[float], dict]:
+def _fit(data_dir, tmp_path, compile) -> tuple[list[float], dict]:
     from magnifier import tensors
 
     tensors._CONSTANTS.clear()  # as in a fresh process: a cache Dynamo guards on recompiled step 2
-    losses, _, module, _ = fit_tiny_steps(data_dir, tmp_path, steps=steps, compile=compile)
+    losses, _, module, _ = fit_tiny_steps(data_dir, tmp_path, compile=compile)
     if compile:
         # Every step erases other SRB regions and samples other identities: none may recompile.
         assert module.recompiles.total == 0
@@ -102,19 +102,13 @@ def test_inductor_compiled_training_follows_eager(tiny_data_dir, tmp_path, capsy
 def test_compiled_training_under_two_process_ddp(tiny_data_dir, tmp_path):
     """compile= with DDP (two gloo processes): the compiled network sits inside Lightning's DDP
     wrapper, trains, validates and tests; no graph break, and no training step compiles again."""
-    import os
-    import subprocess
-    import sys
-
     from .conftest import tiny_overrides
+    from .test_train import _train
 
-    args = tiny_overrides(tiny_data_dir) + [
+    run = _train(tiny_overrides(tiny_data_dir) + [
         f"paths.log_dir={tmp_path}/logs", "trainer=ddp_sim", "trainer.max_epochs=2", "+trainer.limit_train_batches=3",
         "trainer.check_val_every_n_epoch=1", "logger=csv", "dataset.batch_size=8", "~callbacks.progress_bar",
-        "model/backbone=resnet18", "compile={backend: aot_eager}"]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    run = subprocess.run([sys.executable, "-m", "magnifier.train", *args], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=900)
+        "model/backbone=resnet18", "compile={backend: aot_eager}"], cwd=tmp_path, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "torch.compile: 0 graph breaks" in run.stdout and "recompiled" not in run.stdout, run.stdout[-3000:]
     assert "rank1" in run.stdout  # the test table

@@ -191,9 +191,8 @@ def train(cfg: DictConfig) -> dict:
 
 
 def _train(cfg: DictConfig, state: dict) -> dict:
-    # The checks below need torch at most, not Lightning (5 s more to import): a wrong GPU
-    # count, logger or checkpoint is reported that much sooner.
-    # The GPU check comes before any data is touched: a wrong trainer.gpus fails in a second.
+    # The checks up to init_from need torch at most, so Lightning (5 s more to import) comes
+    # after them; the GPU check comes before any data is touched.
     kwargs = trainer_kwargs(cfg.trainer)
     if _is_global_zero():
         say(describe_run(cfg, kwargs))
