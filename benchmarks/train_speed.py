@@ -16,6 +16,10 @@
     of a step comes from Lightning's simple profiler (time waiting for the next batch over
     that plus the training batch).
 
+``--sync-check``: the host round trips of one MagnifierNet step (magnifier.syncs, any device) and,
+on a GPU, every call ``torch.cuda.set_sync_debug_mode`` flags. For the Lightning loop's own, run
+``python -m magnifier.train debug=syncs``.
+
 Prints one table and writes JSON (``--json``) with the device named. Compiled rows run after
 the profile, so that a slow compilation cannot cost the other figures.
 
@@ -140,14 +144,24 @@ def time_setting(setting: Setting, device: torch.device, backbone: str, batch: i
 
 
 def sync_check(setting: Setting, device: torch.device, backbone: str, batch: int) -> dict:
-    """The synchronising CUDA calls in one MagnifierNet training step (forward, loss, backward,
-    Adam), found with ``torch.cuda.set_sync_debug_mode("warn")``: their count and where."""
+    """The host round trips of one MagnifierNet training step (forward, loss, backward, Adam):
+    the operations that read a device value back (magnifier.syncs.HostSyncAudit, any device),
+    and on a GPU also every synchronising CUDA call, copies included
+    (``torch.cuda.set_sync_debug_mode("warn")``): their counts and where."""
     import traceback
     import warnings
+
+    from magnifier.syncs import HostSyncAudit
 
     runner = Runner("magnifier", setting, device, backbone, batch)
     runner.step()
     _sync(device)
+    with HostSyncAudit() as audit:
+        runner.step()
+    _sync(device)
+    out = {"reads": len(audit.device_syncs()), "reads_where": sorted({e.where for e in audit.device_syncs()})}
+    if device.type != "cuda":
+        return out
     places: list[str] = []
 
     def record(message, category, filename, lineno, file=None, line=None):
@@ -164,7 +178,7 @@ def sync_check(setting: Setting, device: torch.device, backbone: str, batch: int
             torch.cuda.set_sync_debug_mode("default")
             warnings.showwarning = previous
     _sync(device)
-    return {"syncs": len(places), "where": sorted(set(places))}
+    return {"syncs": len(places), "where": sorted(set(places)), **out}
 
 
 def profile_setting(setting: Setting, device: torch.device, backbone: str, batch: int, steps: int) -> dict:
@@ -252,7 +266,8 @@ def main() -> None:
     p.add_argument("--log-dir", default="/tmp/train_speed_logs")
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--lightning-args", nargs="*", default=[], help="extra overrides for the Lightning run")
-    p.add_argument("--sync-check", action="store_true", help="list the synchronising calls of one step (GPU)")
+    p.add_argument("--sync-check", action="store_true",
+                   help="list the host round trips of one step (and, on a GPU, every synchronising CUDA call)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -294,10 +309,10 @@ def main() -> None:
     if target != "none" and "profile" not in result:
         _profile(result, target, device, args)
         save()
-    if args.sync_check and device.type == "cuda":
+    if args.sync_check:
         setting = Setting.parse(target if target != "none" else "256x128:bf16:eager:fused")
         result["sync_check"] = sync_check(setting, device, args.backbone, args.batch)
-        print(f"synchronising calls in one MagnifierNet step: {result['sync_check']}", flush=True)
+        print(f"host round trips in one MagnifierNet step: {result['sync_check']}", flush=True)
         save()
     result["goals"] = goals(result, args.lightning_args)
     if result["goals"]:

@@ -164,11 +164,12 @@ class ReIDModule(pl.LightningModule):
         self.last_terms = terms  # read by StopOnNonFiniteLoss to name a term that turned NaN
         n = batch["image"].shape[0]
         for name, value in terms.items():
-            self.log(f"train/{name}", value.detach(), batch_size=n, prog_bar=name == "loss")
+            # Not prog_bar: Lightning would read those back every step (monitor.ProgressBar shows them).
+            self.log(f"train/{name}", value.detach(), batch_size=n)
         if "replaced" in batch:  # images that could not be decoded and were swapped for the same identity
             self.log("train/bad_images", batch["replaced"].sum().float(), batch_size=n, reduce_fx="sum")
         acc = (outputs["global_logits"].argmax(1) == batch["pid"]).float().mean()
-        self.log("train/id_acc", acc, batch_size=n, prog_bar=True)
+        self.log("train/id_acc", acc, batch_size=n)
         return terms["loss"]
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:

@@ -1,12 +1,15 @@
-"""Training speed and memory, logged beside the losses (``callbacks.throughput``)."""
+"""What a training run shows of itself as it goes: speed and memory, logged beside the losses
+(``callbacks.throughput``), the progress bar, and the host round trips of its steps (``debug=syncs``)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from pytorch_lightning import Callback
+from pytorch_lightning.callbacks import TQDMProgressBar
 
 
 def batch_size(batch: Any) -> int:
@@ -71,3 +74,107 @@ class ThroughputMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         self._start, self._images, self._steps = now, 0, 0
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, showing the training values named in ``show`` (``train/loss``,
+    ``train/id_acc``) as read at each refresh only.
+
+    Values logged with ``prog_bar=True`` are turned into Python numbers by Lightning at the end
+    of every training step, whatever the bar's ``refresh_rate``: on a GPU one synchronisation
+    per value per step. So the module logs them without ``prog_bar`` and the bar reads them from
+    ``trainer.callback_metrics`` (still tensors) when it redraws, every ``refresh_rate`` steps.
+    """
+
+    def __init__(self, refresh_rate: int = 1, leave: bool = False, show: Sequence[str] = ("train/loss", "train/id_acc")):
+        super().__init__(refresh_rate=refresh_rate, leave=leave)
+        self.show = list(show)
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        if trainer.training:
+            logged = trainer.callback_metrics
+            items.update({key: float(logged[key]) for key in self.show if key in logged})
+        return items
+
+
+class HostSyncReport(Callback):
+    """Audits the first ``steps`` training steps with :class:`magnifier.syncs.HostSyncAudit` and
+    prints where the host would wait for a GPU: how many reads each step made, and where
+    (``debug=syncs``). A step runs from one ``on_train_batch_start`` to the next, so it holds
+    the loss, the backward pass, the optimiser, the logging and the next batch's transfer.
+    Validation is not audited. Costs a Python call per operation while on; audit eager runs
+    (``compile=false``)."""
+
+    def __init__(self, steps: int = 60):
+        from magnifier.syncs import HostSyncAudit
+
+        self.steps = steps
+        self.audit = HostSyncAudit()
+        self._seen = 0
+        self._state = "idle"  # idle | on | paused | done
+
+    def _set(self, on: bool) -> None:
+        if on and self._state in ("idle", "paused"):
+            self.audit.__enter__()
+            self._state = "on"
+        elif not on and self._state == "on":
+            self.audit.__exit__(None, None, None)
+            self._state = "paused"
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.steps > 0:
+            self._set(True)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._state != "on":
+            return
+        if self._seen == self.steps:
+            self._finish(trainer)
+            return
+        self.audit.step = self._seen
+        self._seen += 1
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._set(False)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._state == "paused" and trainer.training:
+            self._set(True)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._finish(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._set(False)
+        self._state = "done"
+
+    def per_step(self) -> list[int]:
+        """Reads that would wait for a GPU, for each audited step."""
+        counts = [0] * self._seen
+        for event in self.audit.device_syncs():
+            counts[event.step] += 1
+        return counts
+
+    def _finish(self, trainer) -> None:
+        if self._state == "done":
+            return
+        self._set(False)
+        self._state = "done"
+        if trainer.is_global_zero:
+            print(self.report(trainer.log_every_n_steps), flush=True)
+
+    def report(self, log_every_n_steps: int) -> str:
+        from collections import Counter
+
+        from magnifier.syncs import summarize
+
+        histogram = Counter(self.per_step())
+        device = self.audit.device_syncs()
+        host = len(self.audit.events) - len(device)
+        lines = [f"host round trips in {self._seen} training steps (magnifier.syncs; log_every_n_steps={log_every_n_steps}):",
+                 "  reads per step: " + ", ".join(f"{n} on {k} step(s)" for n, k in sorted(histogram.items()))]
+        lines += ["  " + line for line in summarize(device).splitlines()]
+        if host:
+            lines.append(f"  and {host} read(s) made on the host in a CUDA run too (F.one_hot's range checks, torch.optim's step counters)")
+        return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""Host round trips in a training step, found on any device (the CPU included).
+
+On a CUDA device some operations hand a value back to the host: ``.item()``, ``bool(t)``,
+``int(t)``, ``nonzero``, boolean-mask indexing, ``unique``, ``bincount``, ``repeat_interleave``
+without ``output_size``. The host then waits until the GPU has finished all the work queued
+before it, so it cannot run ahead and launch the next kernels while the GPU is busy; a step
+that is bound by kernel launches (MagnifierNet's is, see the README's "Training speed on a GPU")
+pays for each one.
+
+``torch.cuda.set_sync_debug_mode`` finds them on a GPU (``benchmarks/train_speed.py
+--sync-check``). :class:`HostSyncAudit` finds the same operations at PyTorch's dispatcher,
+whatever the device, so the test suite checks the step on the CPU. What it cannot see there:
+copies between host and device memory, since on a CPU run every tensor is in host memory.
+
+Two kinds of reads are made on the host in a CUDA run and are kept apart (``cpu_only``):
+
+* ``F.one_hot``'s range checks: PyTorch reads the labels' minimum and maximum on the CPU only
+  (on CUDA an out-of-range label trips a device assert instead);
+* torch.optim's step counters: the non-capturable optimisers keep them in host memory on
+  purpose, and fused Adam (the default on CUDA, ``optim.implementation=auto``) keeps them on the
+  device and reads none.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+#: ATen operators that always return a value the host must read, or whose output size depends
+#: on the values of their input (which the host must read to allocate it).
+SYNCING_OPS = frozenset({
+    "_local_scalar_dense",  # .item(), bool(t), int(t), float(t), if t: ...
+    "nonzero", "nonzero_numpy", "argwhere", "masked_select",
+    "_unique", "_unique2", "unique_dim", "unique_consecutive", "unique_dim_consecutive",
+    "bincount", "equal", "allclose", "is_nonzero",
+})
+_INDEXING = frozenset({"index", "index_put", "index_put_", "_index_put_impl_"})
+_INTERNAL = ("/torch/", "/lightning_utilities/", "/lightning_fabric/utilities/", "/magnifier/syncs.py")
+
+
+def is_syncing(func, args: tuple, kwargs: dict) -> bool:
+    """Whether ATen operator ``func`` (an OpOverload) called with ``args`` and ``kwargs`` makes
+    the host wait for a CUDA device."""
+    name = func.overloadpacket.__name__
+    if name in SYNCING_OPS:
+        return True
+    if name in _INDEXING and len(args) > 1:  # a boolean mask is turned into indices: nonzero
+        return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1])
+    if name == "repeat_interleave":  # repeats as a tensor: the output size is their sum, unless given
+        return func._overloadname in ("Tensor", "self_Tensor") and kwargs.get("output_size") is None
+    return False
+
+
+@dataclass(frozen=True)
+class SyncEvent:
+    """One operation that reads a value back on the host.
+
+    ``op``: the ATen operator; ``where``: ``file:line`` of the innermost caller outside torch;
+    ``stack``: up to 6 such callers, innermost first; ``cpu_only``: read on the host in a CUDA
+    run too (see the module docstring); ``step``: the audit's step counter at the time."""
+
+    op: str
+    where: str
+    stack: tuple[str, ...]
+    cpu_only: bool
+    step: int | None
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "/src/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+class _OneHotScope(TorchFunctionMode):
+    """Marks the calls of ``F.one_hot``, whose range checks run on the CPU only."""
+
+    def __init__(self):
+        super().__init__()
+        self.depth = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.one_hot:
+            self.depth += 1
+            try:
+                return func(*args, **(kwargs or {}))
+            finally:
+                self.depth -= 1
+        return func(*args, **(kwargs or {}))
+
+
+class HostSyncAudit(TorchDispatchMode):
+    """Records every operation run inside it that would make the host wait for a CUDA device.
+
+    Usage::
+
+        with HostSyncAudit() as audit:
+            loss = criterion(model(images, masks), pids)["loss"]
+            loss.backward()
+            optimizer.step()
+        audit.device_syncs()  # [] for a step with no host round trip
+
+    Each operation costs a Python call while the audit is on: it is a diagnostic, not something
+    to leave on. ``step`` is copied into the events, for callers that audit several steps.
+    Under ``torch.compile`` it sees the compiled graph's operators only where they fall back to
+    eager kernels: audit an eager run.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[SyncEvent] = []
+        self.step: int | None = None
+        self._one_hot = _OneHotScope()
+
+    def __enter__(self):
+        self._one_hot.__enter__()
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._one_hot.__exit__(*sys.exc_info())
+            raise
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._one_hot.__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if is_syncing(func, args, kwargs):
+            self.events.append(self._event(func.overloadpacket.__name__))
+        return func(*args, **kwargs)
+
+    def _event(self, name: str) -> SyncEvent:
+        stack: list[str] = []
+        optimizer = False
+        frame = sys._getframe(2)
+        while frame is not None:
+            filename = frame.f_code.co_filename.replace("\\", "/")
+            optimizer = optimizer or "/torch/optim/" in filename
+            if not any(part in filename for part in _INTERNAL) and len(stack) < 6:
+                stack.append(f"{_short(filename)}:{frame.f_lineno}")
+            frame = frame.f_back
+        cpu_only = optimizer or self._one_hot.depth > 0
+        return SyncEvent(name, stack[0] if stack else "?", tuple(stack), cpu_only, self.step)
+
+    def device_syncs(self) -> list[SyncEvent]:
+        """The events that would also wait for the GPU in a CUDA run."""
+        return [e for e in self.events if not e.cpu_only]
+
+    def summary(self) -> str:
+        """:func:`summarize` of all the events."""
+        return summarize(self.events)
+
+
+def summarize(events: list[SyncEvent]) -> str:
+    """One line per place, most frequent first: ``N x op at file:line``."""
+    counts = Counter((e.op, e.where, e.cpu_only) for e in events)
+    lines = [f"{n} x {op} at {where}" + (" (host-only on CUDA)" if cpu_only else "")
+             for (op, where, cpu_only), n in counts.most_common()]
+    return "\n".join(lines) if lines else "no host round trips"

@@ -1,0 +1,155 @@
+"""Host round trips (magnifier.syncs): the audit sees each kind of read the host makes of a
+device value, MagnifierNet's training step makes none, and neither does the Lightning loop
+between the steps that log."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from magnifier.losses import ReIDLoss
+from magnifier.models import Baseline, MagnifierNet
+from magnifier.monitor import HostSyncReport
+from magnifier.syncs import HostSyncAudit
+
+from .conftest import compose, tiny_overrides
+
+X = torch.arange(18.0).reshape(6, 3) - 8
+MASK = X[:, 0] > 0
+LABELS = torch.tensor([0, 2, 1, 1])
+
+READS = {  # each makes the host wait for a CUDA device: the op the audit names
+    "item": (lambda: X.sum().item(), "_local_scalar_dense"),
+    "bool": (lambda: bool(X[0, 0] > 0), "_local_scalar_dense"),
+    "int": (lambda: int(LABELS[0]), "_local_scalar_dense"),
+    "if": (lambda: 1 if (X > 0).any() else 0, "_local_scalar_dense"),
+    "mask index": (lambda: X[MASK], "index"),
+    "mask assignment": (lambda: X.clone().__setitem__(MASK, 0.0), "index_put_"),
+    "nonzero": (lambda: MASK.nonzero(), "nonzero"),
+    "where(c)": (lambda: torch.where(MASK), "nonzero"),
+    "argwhere": (lambda: torch.argwhere(MASK), "nonzero"),
+    "unique": (lambda: torch.unique(LABELS), "_unique2"),
+    "bincount": (lambda: torch.bincount(LABELS), "bincount"),
+    "repeat_interleave(repeats)": (lambda: torch.repeat_interleave(LABELS), "repeat_interleave"),
+    "repeat_interleave(x, repeats)": (lambda: X.repeat_interleave(torch.tensor([1, 2, 1, 1, 1, 1]), dim=0),
+                                      "repeat_interleave"),
+    "masked_select": (lambda: X.masked_select(X > 0), "masked_select"),
+    "equal": (lambda: torch.equal(X, X), "equal"),
+    "allclose": (lambda: torch.allclose(X, X), "allclose"),
+}
+NO_READS = {  # the same work without a round trip
+    "long index": lambda: X[LABELS],
+    "where(c, a, b)": lambda: torch.where(MASK[:, None], X, 0.0),
+    "masked_fill": lambda: X.masked_fill(X > 0, 0.0),
+    "repeat_interleave(x, int)": lambda: X.repeat_interleave(2, dim=0),
+    "repeat_interleave with output_size": lambda: X.repeat_interleave(torch.ones(6, dtype=torch.long), dim=0,
+                                                                      output_size=6),
+    "reductions": lambda: (X.sum(), X.amax(1), X.argmax(1), (X > 0).any()),
+    "scatter_reduce": lambda: torch.zeros(3).scatter_reduce(0, LABELS[:3], X[0], reduce="amax"),
+}
+
+
+@pytest.mark.parametrize("name", READS)
+def test_the_audit_names_each_kind_of_host_read(name):
+    fn, op = READS[name]
+    with HostSyncAudit() as audit:
+        fn()
+    assert [e.op for e in audit.device_syncs()] == [op]
+    assert "/test_syncs.py:" in audit.device_syncs()[0].where  # the line that asked, not torch's
+
+
+@pytest.mark.parametrize("name", NO_READS)
+def test_the_audit_passes_work_without_a_host_read(name):
+    with HostSyncAudit() as audit:
+        NO_READS[name]()
+    assert audit.events == []
+
+
+def test_one_hot_range_checks_and_optimizer_step_counters_are_host_only():
+    with HostSyncAudit() as audit:
+        F.one_hot(LABELS, 3)
+    assert [e.op for e in audit.events] == ["_local_scalar_dense"] * 2  # its min and max checks, on the CPU only
+    assert audit.device_syncs() == []
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([weight], lr=0.1, foreach=True)
+    weight.grad = torch.ones(3)
+    with HostSyncAudit() as audit:
+        optimizer.step()
+    assert audit.events and audit.device_syncs() == []  # the step counter, kept on the host
+    with HostSyncAudit() as audit:
+        weight.sum().item()  # a read outside torch.optim still counts
+    assert len(audit.device_syncs()) == 1
+    assert "test_syncs.py" in audit.summary() and "1 x _local_scalar_dense" in audit.summary()
+
+
+PAPER_LOSS = dict(parsing_weight=2.0, srb_weight=1.0, region_weight=0.0125, sfb_weight=1.0, sfb_triplet_weight=1.0,
+                  diversity_weight=0.01, attribute_weight=1.0)
+
+
+@pytest.mark.parametrize("model,adam", [("magnifier", "foreach"), ("magnifier", "fused"), ("attributes", "foreach"),
+                                        ("baseline", "foreach")])
+def test_a_training_step_reads_nothing_back_from_the_device(model, adam):
+    """Forward, every loss term, backward and Adam: no operation that would wait for a GPU
+    (the issue's 'no .item(), .cpu() or data-dependent branch in the step', on the CPU)."""
+    torch.manual_seed(0)
+    n, h, w = 8, 64, 32
+    if model == "baseline":
+        net = Baseline(4, backbone="resnet18")
+    else:
+        net = MagnifierNet(4, backbone="resnet18", attributes=30 if model == "attributes" else 0)
+    criterion = ReIDLoss(**PAPER_LOSS)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3.5e-4, **{adam: True})
+    images, masks = torch.randn(n, 3, h, w), torch.randint(0, 8, (n, h, w))
+    pids = torch.arange(n // 2).repeat_interleave(2)
+    attributes = (torch.rand(n, 30) > 0.5).float() if model == "attributes" else None
+    for step in range(2):  # the second step: the optimiser's state exists
+        with HostSyncAudit() as audit:
+            terms = criterion(net(images, masks), pids, attributes)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+        assert audit.device_syncs() == [], audit.summary()
+    if model != "baseline":
+        assert any(e.cpu_only for e in audit.events)  # the audit was on: F.one_hot's CPU checks
+
+
+class _Report(HostSyncReport):
+    """HostSyncReport that keeps itself and the shape of each audited step for the test."""
+
+    made: list["_Report"] = []
+
+    def __init__(self, steps: int):
+        super().__init__(steps)
+        self.kinds: list[str] = []
+        _Report.made.append(self)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._state == "on" and self._seen < self.steps:
+            logs = (trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % trainer.log_every_n_steps == 0
+            last = batch_idx + 1 == trainer.num_training_batches
+            self.kinds.append("log" if logs else "last" if last else "plain")
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+
+def test_the_lightning_loop_reads_nothing_back_between_the_steps_that_log(tiny_data_dir, tmp_path, capfd):
+    """The real callbacks and logging of ``python -m magnifier.train`` with a GPU preset's
+    interval (5 here): a step that neither logs nor ends an epoch makes no host round trip.
+    Lightning turns every value logged with ``prog_bar=True`` into a number at the end of every
+    step; before monitor.ProgressBar, that was 2 reads a step (loss and id_acc)."""
+    from magnifier.train import train
+
+    _Report.made.clear()
+    overrides = tiny_overrides(tiny_data_dir) + [
+        "model/backbone=resnet18", f"paths.log_dir={tmp_path / 'logs'}", "logger=csv", "trainer.log_every_n_steps=5",
+        "debug=syncs", "callbacks.sync_audit._target_=tests.test_syncs._Report", "callbacks.sync_audit.steps=12",
+        "trainer.max_epochs=5", "trainer.limit_train_batches=null"]
+    train(compose(overrides, output_dir=str(tmp_path / "run")))
+    (report,) = _Report.made
+    reads, kinds = report.per_step(), report.kinds
+    assert len(reads) == len(kinds) == 12 and kinds.count("plain") >= 4, kinds
+    assert [r for r, k in zip(reads, kinds) if k == "plain"] == [0] * kinds.count("plain"), list(zip(reads, kinds))
+    assert all(r > 0 for r, k in zip(reads, kinds) if k == "log")  # the control: logging reads, and is seen
+    out = capfd.readouterr()
+    assert "host round trips in 12 training steps" in out.out and "reads per step: 0 on" in out.out
+    assert "train/loss=" in out.out and "train/id_acc=" in out.out  # the bar still shows them, at its refreshes
