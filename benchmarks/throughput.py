@@ -4,6 +4,8 @@ Reports, on this machine:
   * data pipeline: images/s of one worker (JPEG + PNG decode and joint albumentations
     augmentation, exactly what a DataLoader worker runs), for training samples (float32, and
     uint8 as ``dataset.normalize_on_device`` hands them to the GPU) and evaluation samples;
+  * training loader: MB per batch handed to the device and images/s of a one-worker
+    DataLoader, float32 and uint8 batches;
   * training step: images/s of forward + backward + Adam step of the baseline model for each
     backbone asked for, at the given batch and input size.
 
@@ -66,6 +68,28 @@ def bench_data(root: Path, height: int, width: int, repeats: int = 3) -> dict[st
     return out
 
 
+def bench_loader(root: Path, height: int, width: int, batch: int, batches: int = 6) -> dict[str, tuple[float, float]]:
+    """A DataLoader with one worker, as training uses it: (MB per batch handed to the device,
+    images/s after the first batch), for float32 training batches and for the uint8 ones of
+    ``dataset.normalize_on_device`` (part labels as uint8 too since they are made long on the
+    device). The bytes are what pinning and the host-to-device copy move each step."""
+    from torch.utils.data import DataLoader
+
+    data = load_dataset("synthetic", root)
+    out = {}
+    for name, on_device in (("float32 batches", False), ("uint8 batches (normalize_on_device)", True)):
+        ds = ReIDImageDataset(data.train[: batch * (batches + 1)],
+                              build_transforms(height, width, train=True, on_device=on_device), with_masks=True)
+        loader = DataLoader(ds, batch_size=batch, num_workers=1, drop_last=True)
+        it = iter(loader)
+        first = next(it)  # worker start-up
+        size = sum(v.numel() * v.element_size() for v in first.values() if torch.is_tensor(v)) / 2**20
+        t0 = time.perf_counter()
+        n = sum(len(b["pid"]) for b in it)
+        out[name] = (size, n / (time.perf_counter() - t0))
+    return out
+
+
 def bench_step(backbone: str, batch: int, height: int, width: int, steps: int) -> float:
     torch.manual_seed(0)
     model = Baseline(num_classes=751, backbone=backbone).train()
@@ -105,7 +129,10 @@ def main() -> None:
         print(f"\ndata pipeline, one worker, {args.height}x{args.width}:")
         for name, rate in bench_data(root, args.height, args.width).items():
             print(f"  {name:<40} {rate:8.0f} images/s")
-    if not args.backbones:
+        print(f"\ntraining loader, one worker, batch {args.batch_size}, {args.height}x{args.width}:")
+        for name, (size, rate) in bench_loader(root, args.height, args.width, args.batch_size).items():
+            print(f"  {name:<40} {size:6.2f} MB per batch {rate:8.0f} images/s")
+    if not args.backbones or args.backbones == ["none"]:
         return
     print(f"\ntraining step (baseline, batch {args.batch_size}, {args.height}x{args.width}, forward+backward+Adam):")
     for backbone in args.backbones:

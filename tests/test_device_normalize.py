@@ -58,6 +58,9 @@ def test_training_with_images_normalised_on_the_device_follows_the_cpu_recipe(ti
     assert cpu_dtypes == dev_dtypes == {torch.float32}  # the device path was taken and finished
     sample = datamodule.train_set[(0, 123)]
     assert sample["image"].dtype == torch.uint8 and sample["erase"].shape == (4,)
+    assert sample["mask"].dtype == torch.uint8  # 8x fewer bytes than int64 through collate, pinning and the copy
+    batch = datamodule.on_after_batch_transfer({k: v[None] if torch.is_tensor(v) else v for k, v in sample.items()}, 0)
+    assert batch["mask"].dtype == torch.long and torch.equal(batch["mask"][0], sample["mask"].long())
     assert datamodule.query_set[0]["image"].dtype == torch.float32  # evaluation stays float
     # The same images to rounding (2e-6), so the first step's loss is the same; Adam's first
     # updates (about lr * sign(gradient)) turn rounding into whole steps on near-zero gradients,

@@ -26,6 +26,8 @@ class ReIDDataModule(pl.LightningDataModule):
     :class:`RandomIdentitySampler`. The evaluation loader yields query then gallery images (no
     masks) with an extra ``is_query`` (N,) bool. With ``attributes`` set, training batches also
     carry ``attributes`` (N, A) float: each image's identity-level binary attribute vector.
+    With ``normalize_on_device`` the training loader hands over ``image`` and ``mask`` as uint8
+    (and ``erase`` boxes); :meth:`on_after_batch_transfer` gives the model the above.
 
     Args:
         name: the dataset's config name (``synthetic``, ``market``, ``duke``).
@@ -329,11 +331,14 @@ class ReIDDataModule(pl.LightningDataModule):
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Training batches of uint8 images (``normalize_on_device``), now on the training
-        device: normalised and their erasing boxes filled (:func:`normalize_on_device`)."""
+        """Training batches of uint8 images and part labels (``normalize_on_device``), now on the
+        training device: images normalised with their erasing boxes filled
+        (:func:`normalize_on_device`), labels made long as the model indexes with them."""
         if isinstance(batch, dict) and torch.is_tensor(batch.get("image")) and batch["image"].dtype == torch.uint8:
             batch["image"] = normalize_on_device(batch["image"], batch.pop("erase", None), self.mean, self.std,
                                                  self.erasing_fill)
+            if torch.is_tensor(batch.get("mask")) and batch["mask"].dtype == torch.uint8:
+                batch["mask"] = batch["mask"].long()
         return batch
 
     def val_dataloader(self) -> DataLoader:

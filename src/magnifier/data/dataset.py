@@ -27,7 +27,8 @@ class MissingAttributesError(ValueError):
 
 
 class ReIDImageDataset(Dataset):
-    """Returns dicts: ``image`` (3, H, W) float, ``mask`` (H, W) long when ``with_masks``,
+    """Returns dicts: ``image`` (3, H, W) float, ``mask`` (H, W) long when ``with_masks`` (both
+    uint8 from a transform built with ``on_device=True``, plus ``erase``),
     ``pid``, ``camid``, ``index`` (position in this dataset) and ``path``; with ``attributes``
     (``{original pid: (A,) float array}``) also ``attributes`` (A,) float32, looked up by each
     record's original pid.
@@ -132,10 +133,14 @@ class ReIDImageDataset(Dataset):
             sample["replaced"] = replaced
         targets = {"image": image} if label is None else {"image": image, "mask": label}
         out, box = apply_with_erasing_box(self.transform, **targets)
+        on_device = out["image"].dtype == torch.uint8  # normalised on the training device, box filled there
         if label is not None:
-            sample["mask"] = torch.as_tensor(out["mask"]).long()
+            # On the device path the part labels (0..7) travel as uint8 too, 8x fewer bytes to
+            # collate, pin and copy than int64; the data module makes them long after the copy.
+            mask = torch.as_tensor(out["mask"])
+            sample["mask"] = mask.to(torch.uint8) if on_device else mask.long()
         sample["image"] = out["image"]
-        if out["image"].dtype == torch.uint8:  # normalised on the training device, box filled there
+        if on_device:
             sample["erase"] = torch.as_tensor(box if box is not None else (0, 0, 0, 0), dtype=torch.int32)
         if self.attributes is not None:
             sample["attributes"] = self.attributes[rec.original_pid]
