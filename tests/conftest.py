@@ -70,10 +70,12 @@ def tiny_checkpoint(tiny_data_dir, tmp_path_factory) -> Path:
     return ckpt
 
 
-def fit_tiny_steps(data_dir: Path, root: Path, overrides: list[str] = (), steps: int = 3, **module_kwargs):
+def fit_tiny_steps(data_dir: Path, root: Path, overrides: list[str] = (), steps: int = 3,
+                   trainer_kwargs: dict | None = None, **module_kwargs):
     """Train ``steps`` steps of MagnifierNet (ResNet-18, batch 8) on the tiny dataset in this
-    process, seeded as a run is. Returns (per-step losses, the image dtypes the steps received
-    after the batch transfer, the trained module, the data module)."""
+    process, seeded as a run is (``trainer_kwargs`` override the Trainer's). Returns (per-step
+    losses, the image dtypes the steps received after the batch transfer, the trained module,
+    the data module)."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -99,8 +101,9 @@ def fit_tiny_steps(data_dir: Path, root: Path, overrides: list[str] = (), steps:
     pl.seed_everything(0)
     module = ReIDModule(net=parts["model"], loss=parts["loss"], optim=parts["optim"], **module_kwargs)
     seen = Seen()
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[seen], default_root_dir=str(root))
+    kwargs = dict(accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0,
+                  logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                  callbacks=[seen], default_root_dir=str(root))
+    trainer = pl.Trainer(**{**kwargs, **(trainer_kwargs or {})})
     trainer.fit(module, datamodule=datamodule)
     return seen.losses, seen.dtypes, module, datamodule

@@ -125,6 +125,9 @@ class ReIDModule(pl.LightningModule):
         self._compile = compile_options(compile)  # a bad value fails here, before any step
         self._compiled, self._breaks_before = False, None
         self.recompiles = RecompileWatch()  # training steps after the first that compiled again
+        from magnifier.monitor import WindowSum
+
+        self._window = WindowSum()  # the training values since the last logging step
         if num_classes is not None:
             self.build(num_classes)
 
@@ -162,15 +165,31 @@ class ReIDModule(pl.LightningModule):
         outputs = self.net(self._images(batch), batch.get("mask"))
         terms = self.criterion(outputs, batch["pid"], batch.get("attributes"))
         self.last_terms = terms  # read by StopOnNonFiniteLoss to name a term that turned NaN
-        n = batch["image"].shape[0]
-        for name, value in terms.items():
-            # Not prog_bar: Lightning would read those back every step (monitor.ProgressBar shows them).
-            self.log(f"train/{name}", value.detach(), batch_size=n)
+        values = dict(terms)
+        values["id_acc"] = (outputs["global_logits"].argmax(1) == batch["pid"]).float().mean()
         if "replaced" in batch:  # images that could not be decoded and were swapped for the same identity
-            self.log("train/bad_images", batch["replaced"].sum().float(), batch_size=n, reduce_fx="sum")
-        acc = (outputs["global_logits"].argmax(1) == batch["pid"]).float().mean()
-        self.log("train/id_acc", acc, batch_size=n)
+            values["bad_images"] = batch["replaced"].sum()
+        self._log_window(values, batch["image"].shape[0], batch_idx)
         return terms["loss"]
+
+    def _log_window(self, values: dict[str, torch.Tensor], n: int, batch_idx: int) -> None:
+        """``train/<name>``: each value's mean over the steps since it was last logged
+        (``bad_images``: their sum). Logged at the steps Lightning writes (every
+        ``trainer.log_every_n_steps``), and at the end of each epoch and of the run so that
+        ``trainer.callback_metrics`` (the run's metrics.json) always holds them; summed on the
+        device in between (monitor.WindowSum). Not ``prog_bar``, which Lightning would read
+        back every step (monitor.ProgressBar shows them)."""
+        self._window.add(values)
+        trainer = self._trainer
+        if trainer is not None and not (
+            trainer._logger_connector.should_update_logs or trainer.fast_dev_run
+            or batch_idx + 1 == trainer.num_training_batches
+            or 0 <= trainer.max_steps <= trainer.global_step + 1
+        ):
+            return
+        sums, steps = self._window.pop()
+        for name, total in sums.items():
+            self.log(f"train/{name}", total if name == "bad_images" else total / steps, batch_size=n)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self._compiled and self._breaks_before is None:

@@ -76,6 +76,33 @@ class ThroughputMonitor(Callback):
         self._start, self._images, self._steps = now, 0, 0
 
 
+class WindowSum:
+    """Per-step training values (0-d tensors) added up on their device over a logging window,
+    so that a step costs one stack and one add instead of a ``self.log`` call per value
+    (about 0.6 ms of Python each on a 2-core CPU) and the values written every
+    ``log_every_n_steps`` steps are the window's means, not one step's sample.
+    """
+
+    def __init__(self) -> None:
+        self.names: tuple[str, ...] = ()
+        self.total: torch.Tensor | None = None  # (V,) float32, on the values' device
+        self.steps = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        stacked = torch.stack([v.detach().reshape(()).float() for v in values.values()])
+        if tuple(values) != self.names or self.total is None:  # other values: a new window
+            self.names, self.total, self.steps = tuple(values), stacked, 1
+        else:
+            self.total, self.steps = self.total + stacked, self.steps + 1
+
+    def pop(self) -> tuple[dict[str, torch.Tensor], int]:
+        """The window's sums by name (still on the device) and its number of steps; starts a
+        new window."""
+        sums, steps = dict(zip(self.names, self.total.unbind())) if self.total is not None else {}, self.steps
+        self.total, self.steps = None, 0
+        return sums, steps
+
+
 class ProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, showing the training values named in ``show`` (``train/loss``,
     ``train/id_acc``) as read at each refresh only.
