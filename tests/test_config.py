@@ -214,6 +214,17 @@ def test_logging_interval_follows_the_device(tmp_path):
         assert cfg.callbacks.progress_bar.refresh_rate == steps and cfg.callbacks.nan_guard.check_every_n_steps == steps
 
 
+def test_cudnn_benchmark_is_on_unless_the_run_is_deterministic(tmp_path):
+    """As the authors' training script sets it; deterministic runs keep cuDNN's choice fixed."""
+    from magnifier.config import trainer_kwargs
+
+    for overrides, benchmark in (([], True), (["trainer.deterministic=true"], False), (["trainer=gpu"], True),
+                                 (["trainer.deterministic=warn"], False), (["trainer.benchmark=false"], False)):
+        cfg = compose(overrides, output_dir=str(tmp_path))
+        assert cfg.trainer.benchmark is benchmark, overrides
+        assert trainer_kwargs(cfg.trainer, cuda_device_count=lambda: 4)["benchmark"] is benchmark
+
+
 def test_adam_implementation_is_fused_on_cuda_and_foreach_on_the_cpu():
     import torch
 

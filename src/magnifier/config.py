@@ -38,6 +38,15 @@ def log_interval(gpus, accelerator) -> int:
     return 50 if on_gpu else 1
 
 
+def cudnn_benchmark(deterministic) -> bool:
+    """``trainer.benchmark`` (``torch.backends.cudnn.benchmark``) unless ``trainer.deterministic``
+    is set: cuDNN times its convolution algorithms on the first batch of each input shape and
+    keeps the fastest. Training shapes never change here (fixed-size crops, ``drop_last``), and
+    the authors' code (reid-strong-baseline's ``tools/train.py``) switches it on too. With
+    ``deterministic`` it stays off, as the autotuner may pick other algorithms run to run."""
+    return not deterministic
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity: a SLURM or container allotment)."""
     if hasattr(os, "sched_getaffinity"):
@@ -55,7 +64,7 @@ def loader_workers(wanted, gpus=0) -> int:
 
 def register_resolvers() -> None:
     """``${magnifier_root:}``, ``${wandb_offline:}``, ``${log_interval:gpus,accelerator}``,
-    ``${loader_workers:wanted,gpus}``,
+    ``${cudnn_benchmark:deterministic}``, ``${loader_workers:wanted,gpus}``,
     ``${slurm_tasks:N}`` and ``${slurm_gpus:N}`` (the SLURM launcher's geometry from
     ``trainer.gpus``) in the configs."""
     if not OmegaConf.has_resolver("magnifier_root"):
@@ -64,6 +73,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("wandb_offline", _wandb_offline)
     if not OmegaConf.has_resolver("log_interval"):
         OmegaConf.register_new_resolver("log_interval", log_interval)
+    if not OmegaConf.has_resolver("cudnn_benchmark"):
+        OmegaConf.register_new_resolver("cudnn_benchmark", cudnn_benchmark)
     if not OmegaConf.has_resolver("loader_workers"):
         OmegaConf.register_new_resolver("loader_workers", loader_workers)
     if not OmegaConf.has_resolver("slurm_tasks"):
