@@ -237,3 +237,24 @@ def test_adam_implementation_is_fused_on_cuda_and_foreach_on_the_cpu():
         optimizer_implementation("fast", cpu)
     if torch.cuda.is_available():
         assert optimizer_implementation("auto", [torch.zeros(2, device="cuda", requires_grad=True)]) == "fused"
+
+
+def test_float32_matmul_precision_is_checked_first_and_set_before_the_data(tmp_path, monkeypatch, capsys):
+    """TF32 matrix products for training (CUDA only); a bad value is one line before anything
+    runs, and the setting is made before the data is read (the missing dataset stops this run
+    right after it)."""
+    import torch
+
+    from magnifier.train import train
+
+    base = ["dataset=market", f"paths.data_dir={tmp_path}/nowhere", f"paths.log_dir={tmp_path}/logs", "logger=csv"]
+    assert compose(base).float32_matmul_precision == "high"
+    calls = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    with pytest.raises(SystemExit) as exit_:
+        train(compose(base + ["float32_matmul_precision=low"], output_dir=str(tmp_path / "a")))
+    assert exit_.value.code == 2 and calls == []
+    assert capsys.readouterr().err.strip() == "error: float32_matmul_precision=low: use highest, high, medium"
+    with pytest.raises(SystemExit):
+        train(compose(base + ["float32_matmul_precision=medium"], output_dir=str(tmp_path / "b")))
+    assert "nowhere" in capsys.readouterr().err and calls == ["medium"]

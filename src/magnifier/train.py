@@ -20,6 +20,9 @@ from magnifier.config import config_dir, describe_run, instantiate_config, regis
 from magnifier.errors import UserError, discard_failed_start, exit_on_user_error  # noqa: E402
 from magnifier.results import say  # noqa: E402
 
+#: ``float32_matmul_precision`` values (torch.set_float32_matmul_precision's).
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
 log = logging.getLogger("magnifier.train")
 register_resolvers()
 
@@ -152,6 +155,9 @@ def train(cfg: DictConfig) -> dict:
     from magnifier.results import earlier_runtime_s, write_run_results
 
     compile_options(cfg.get("compile", False))  # a mistyped mode: one line now, not after the data
+    precision = cfg.get("float32_matmul_precision", "high")
+    if precision not in MATMUL_PRECISIONS:
+        raise UserError(f"float32_matmul_precision={precision}: use {', '.join(MATMUL_PRECISIONS)}")
     if cfg.get("dry_run", False):
         # What the run would use on the machine it is meant for (no GPU check, nothing read).
         print(describe_run(cfg, trainer_kwargs(cfg.trainer, check_devices=False))
@@ -215,6 +221,10 @@ def _train(cfg: DictConfig, state: dict) -> dict:
                         "e.g. stage 1's .../checkpoints/last.ckpt)")
     import pytorch_lightning as pl
     from hydra.utils import instantiate
+
+    import torch
+
+    torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))  # CUDA only
 
     from magnifier.data.dataset import LabelMapError
     from magnifier.distributed import close_process_group
