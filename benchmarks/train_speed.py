@@ -163,10 +163,14 @@ def sync_check(setting: Setting, device: torch.device, backbone: str, batch: int
     if device.type != "cuda":
         return out
     places: list[str] = []
+    details: list[dict] = []  # the message and the innermost Python frames, whatever their file
 
     def record(message, category, filename, lineno, file=None, line=None):
-        frames = [f for f in traceback.extract_stack()[:-1] if "magnifier" in f.filename or "train_speed" in f.filename]
+        stack = traceback.extract_stack()[:-1]
+        frames = [f for f in stack if "magnifier" in f.filename or "train_speed" in f.filename]
         places.append(f"{frames[-1].filename.split('/')[-1]}:{frames[-1].lineno}" if frames else f"{filename}:{lineno}")
+        details.append({"message": str(message)[:200], "warned_at": f"{filename}:{lineno}",
+                        "stack": [f"{'/'.join(f.filename.split('/')[-2:])}:{f.lineno} {f.name}" for f in stack[-8:]]})
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -178,7 +182,7 @@ def sync_check(setting: Setting, device: torch.device, backbone: str, batch: int
             torch.cuda.set_sync_debug_mode("default")
             warnings.showwarning = previous
     _sync(device)
-    return {"syncs": len(places), "where": sorted(set(places)), **out}
+    return {"syncs": len(places), "where": sorted(set(places)), "details": details, **out}
 
 
 def profile_setting(setting: Setting, device: torch.device, backbone: str, batch: int, steps: int) -> dict:
