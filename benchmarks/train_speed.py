@@ -245,6 +245,10 @@ def lightning_run(steps: int, data_dir: str, log_dir: str, workers: int, batch: 
     rates = [float(r["train/images_per_s"]) for r in csv.DictReader(open(metrics)) if r.get("train/images_per_s")]
     out = {"images_s": statistics.median(rates[1:] or rates) if rates else float("nan"), "windows": len(rates),
            "wall_s": time.perf_counter() - t0}
+    report = run.stdout[run.stdout.find("host round trips in"):].splitlines() if "host round trips in" in run.stdout else []
+    if report:  # --lightning-args debug=syncs: the audit of the Lightning loop's steps (magnifier.monitor)
+        end = next((i for i, line in enumerate(report) if not line.strip()), len(report))
+        out["host_round_trips"] = [line.strip() for line in report[:end]]
     means = {}
     for name in ("train_dataloader_next", "run_training_batch"):
         m = re.search(rf"{name}\S*\s*\|\s*([\d.e-]+)", run.stdout)
