@@ -1,0 +1,63 @@
+"""benchmarks/train_speed.py's bookkeeping: the issue's three goals read from one run's
+figures (hand-made here; the figures themselves need a GPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
+
+
+@pytest.fixture(scope="module")
+def train_speed():
+    spec = importlib.util.spec_from_file_location("train_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_speed"] = module  # its dataclass looks its module up while being made
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules["train_speed"]
+    return module
+
+
+def _row(setting: str, ratio: float, images_s: float) -> dict:
+    return {"setting": setting, "ratio": ratio, "magnifier_images_s": images_s}
+
+
+RESULT = {
+    "rows": [_row("384x192:fp32:eager:foreach", 1.20, 985.0), _row("256x128:bf16:eager:foreach", 1.52, 1620.0),
+             _row("256x128:bf16:eager:fused", 1.44, 1600.0), _row("256x128:bf16:compile:fused", 1.25, 2000.0)],
+    "lightning": {"images_s": 1440.0},
+    "profile": {"setting": "256x128:bf16:eager:fused", "magnifier": {"gpu_busy_fraction": 0.34}},
+}
+
+
+def test_goals_name_the_rows_they_come_from(train_speed):
+    goals = train_speed.goals(RESULT, [])
+    assert goals["lightning_over_bare"] == {"value": pytest.approx(0.9), "bare": "256x128:bf16:eager:fused"}
+    # the best bf16 ratio; the fp32 row's 1.20 is not a bf16 figure
+    assert goals["bf16_ratio"] == {"value": 1.25, "setting": "256x128:bf16:compile:fused"}
+    assert goals["gpu_busy_fraction"] == {"value": 0.34, "setting": "256x128:bf16:eager:fused"}
+    # a compiled Lightning run is compared with the compiled bare loop
+    compiled = train_speed.goals(RESULT, ["compile=true"])["lightning_over_bare"]
+    assert compiled == {"value": pytest.approx(0.72), "bare": "256x128:bf16:compile:fused"}
+    assert train_speed.goals(RESULT, ["compile=false"])["lightning_over_bare"]["bare"] == "256x128:bf16:eager:fused"
+
+
+def test_goals_leave_out_what_the_run_did_not_measure(train_speed):
+    assert train_speed.goals({"rows": []}, []) == {}
+    only_fp32 = {"rows": [RESULT["rows"][0]], "lightning": {"images_s": 900.0}}
+    assert train_speed.goals(only_fp32, []) == {}  # no bf16 row: neither goal 1's bare row nor goal 2
+
+
+def test_settings_parse_and_print_back(train_speed):
+    setting = train_speed.Setting.parse("384x192:bf16:compile:fused")
+    assert (setting.height, setting.width, setting.precision, setting.mode, setting.adam) == (384, 192, "bf16", "compile",
+                                                                                             "fused")
+    assert str(setting) == "384x192:bf16:compile:fused"
+    with pytest.raises(AssertionError):
+        train_speed.Setting.parse("384x192:fp16:eager:fused")
