@@ -177,8 +177,9 @@ class ReIDModule(pl.LightningModule):
         (``bad_images``: their sum). Logged at the steps Lightning writes (every
         ``trainer.log_every_n_steps``), and at the end of each epoch and of the run so that
         ``trainer.callback_metrics`` (the run's metrics.json) always holds them; summed on the
-        device in between (monitor.WindowSum). Not ``prog_bar``, which Lightning would read
-        back every step (monitor.ProgressBar shows them)."""
+        device in between (monitor.WindowSum); a resumed run's first window holds the steps since
+        the resume. Not ``prog_bar``, which Lightning would read back every step
+        (monitor.ProgressBar shows them)."""
         self._window.add(values)
         trainer = self._trainer
         if trainer is not None and not (
