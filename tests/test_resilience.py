@@ -278,3 +278,48 @@ def test_detect_anomaly_stays_a_trainer_option(tmp_path):
     kwargs = trainer_kwargs(compose(["trainer.detect_anomaly=true"], output_dir=str(tmp_path)).trainer)
     assert kwargs["detect_anomaly"] is True
     assert pl.Trainer(**{**kwargs, "logger": False, "enable_checkpointing": False}).lightning_module is None
+
+
+def test_the_timed_checkpoint_reads_its_clock_every_few_steps_only(tiny_data_dir, tmp_path):
+    """ModelCheckpoint with train_time_interval broadcasts rank 0's clock every step (a
+    collective and, with NCCL, a GPU synchronisation); TimedCheckpoint every
+    check_every_n_steps steps, and still saves when the interval has passed (0 s here)."""
+    from datetime import timedelta
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from magnifier.errors import UserError
+    from magnifier.resilience import TimedCheckpoint
+
+    from .conftest import fit_tiny_steps
+
+    class CountBroadcasts(pl.Callback):
+        def __init__(self):
+            self.steps: list[int] = []
+
+        def on_train_start(self, trainer, pl_module):
+            broadcast = trainer.strategy.broadcast
+
+            def counted(obj, src=0):
+                self.steps.append(trainer.global_step)
+                return broadcast(obj, src)
+
+            trainer.strategy.broadcast = counted
+
+    seen = {}
+    for name, checkpoint in (
+        ("lightning", ModelCheckpoint(dirpath=tmp_path / "a", filename="last", train_time_interval=timedelta(0))),
+        ("timed", TimedCheckpoint(dirpath=tmp_path / "b", filename="last", train_time_interval=timedelta(0),
+                                  check_every_n_steps=3)),
+    ):
+        counter = CountBroadcasts()
+        fit_tiny_steps(tiny_data_dir, tmp_path / name, steps=7,
+                       trainer_kwargs=dict(callbacks=[counter, checkpoint], enable_checkpointing=True))
+        seen[name] = counter.steps
+    assert seen["lightning"] == [1, 2, 3, 4, 5, 6, 7]  # after each step's update
+    assert seen["timed"] == [3, 6]
+    saved = torch.load(tmp_path / "b" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] >= 6  # the interval had passed at step 6: saved then (or at the end)
+    with pytest.raises(UserError, match="check_every_n_steps=0"):
+        TimedCheckpoint(dirpath=tmp_path, check_every_n_steps=0)

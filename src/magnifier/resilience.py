@@ -7,6 +7,8 @@ What each piece guards against:
 * :class:`AtomicCheckpointIO` (a Lightning CheckpointIO plugin): a kill while a checkpoint is
   written. The file is written under a temporary name, flushed to disk (fsync) and renamed over
   the old one, so ``last.ckpt`` is always either the previous checkpoint or the new one.
+* :class:`TimedCheckpoint`: a kill late in a long epoch. ``last.ckpt`` is also saved every
+  ``train_time_interval`` within an epoch, with the clock read every few steps only.
 * :class:`CheckpointOnSignal`: SIGTERM, which SLURM sends before pre-emption or at the time
   limit. Lightning turns it into a ``SIGTERMException`` at the next batch, on every rank at the
   same batch; this callback then saves ``last.ckpt`` (all ranks take part, as in any save). Under
@@ -94,6 +96,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options, got {storage_options!r}")
         atomic_torch_save(checkpoint, path)
+
+
+class TimedCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose clock (``train_time_interval``) is read every
+    ``check_every_n_steps`` training steps instead of every step.
+
+    ModelCheckpoint broadcasts rank 0's "is it time?" answer at every step once
+    ``train_time_interval`` is set, so that all ranks save together. Under DDP that is
+    ``broadcast_object_list`` each step: two collectives, and with NCCL a copy to the GPU and
+    back (a synchronisation). Reading the clock every ``check_every_n_steps`` steps (the
+    logging interval: 50 on GPUs) makes a save at most that many steps late. Every rank skips
+    the same steps (``global_step`` is the same on all), so no rank waits in a broadcast the
+    others skip. With ``every_n_train_steps`` set, or ``check_every_n_steps`` 1, it is
+    ModelCheckpoint itself.
+    """
+
+    def __init__(self, *args, check_every_n_steps: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        if check_every_n_steps < 1:
+            raise UserError(f"check_every_n_steps={check_every_n_steps}: use 1 or more (steps between clock reads)")
+        self.check_every_n_steps = check_every_n_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (self._train_time_interval is not None and self._every_n_train_steps < 1
+                and trainer.global_step % self.check_every_n_steps != 0):
+            return  # not a step that reads the clock: no broadcast
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 # -- random state and W&B run id -----------------------------------------------------------------
