@@ -151,6 +151,7 @@ class HostSyncReport(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.steps > 0:
+            self.audit.step = 0  # what runs before the first batch's hooks (the loop's own checks) counts to it
             self._set(True)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
