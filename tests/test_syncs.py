@@ -153,3 +153,22 @@ def test_the_lightning_loop_reads_nothing_back_between_the_steps_that_log(tiny_d
     out = capfd.readouterr()
     assert "host round trips in 12 training steps" in out.out and "reads per step: 0 on" in out.out
     assert "train/loss=" in out.out and "train/id_acc=" in out.out  # the bar still shows them, at its refreshes
+
+
+def test_the_report_counts_reads_before_the_first_batch_to_the_first_step(capsys):
+    """Lightning's DDP loop reads rank 0's SIGTERM flag before each batch's hooks: the first such
+    read comes before any on_train_batch_start and belongs to step 0."""
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(is_global_zero=True, log_every_n_steps=5, training=True)
+    report = HostSyncReport(steps=2)
+    report.on_train_start(trainer, None)
+    torch.ones(1).sum().item()  # before the first batch
+    for _ in range(2):
+        report.on_train_batch_start(trainer, None, None, 0)
+        torch.ones(1).sum().item()
+    report.on_train_batch_start(trainer, None, None, 0)  # the audit stops here and reports
+    assert report.per_step() == [2, 1]
+    assert "reads per step: 1 on 1 step(s), 2 on 1 step(s)" in capsys.readouterr().out
+    torch.ones(1).sum().item()
+    assert report.per_step() == [2, 1]  # off now
