@@ -172,3 +172,24 @@ def test_the_report_counts_reads_before_the_first_batch_to_the_first_step(capsys
     assert "reads per step: 1 on 1 step(s), 2 on 1 step(s)" in capsys.readouterr().out
     torch.ones(1).sum().item()
     assert report.per_step() == [2, 1]  # off now
+
+
+def test_the_report_pauses_for_validation_and_goes_on_after_it(capsys):
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(is_global_zero=True, log_every_n_steps=5, training=True)
+    report = HostSyncReport(steps=3)
+    report.on_train_start(trainer, None)
+    report.on_train_batch_start(trainer, None, None, 0)
+    torch.ones(1).sum().item()
+    trainer.training = False  # as inside the validation loop of a fit
+    report.on_validation_start(trainer, None)
+    torch.ones(1).sum().item()  # validation: not audited
+    report.on_validation_end(trainer, None)
+    trainer.training = True
+    for _ in range(2):
+        report.on_train_batch_start(trainer, None, None, 0)
+        torch.ones(1).sum().item()
+    report.on_train_end(trainer, None)
+    assert report.per_step() == [1, 1, 1]
+    assert "host round trips in 3 training steps" in capsys.readouterr().out

@@ -130,7 +130,7 @@ class HostSyncReport(Callback):
     prints where the host would wait for a GPU: how many reads each step made, and where
     (``debug=syncs``). A step runs from one ``on_train_batch_start`` to the next, so it holds
     the loss, the backward pass, the optimiser, the logging and the next batch's transfer.
-    Validation is not audited. Costs a Python call per operation while on; audit eager runs
+    Validation is not audited (the audit pauses from its start to the next training batch). Costs a Python call per operation while on; audit eager runs
     (``compile=false``)."""
 
     def __init__(self, steps: int = 60):
@@ -155,6 +155,8 @@ class HostSyncReport(Callback):
             self._set(True)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._state == "paused":  # the first batch after a validation
+            self._set(True)
         if self._state != "on":
             return
         if self._seen == self.steps:
@@ -166,10 +168,6 @@ class HostSyncReport(Callback):
     def on_validation_start(self, trainer, pl_module) -> None:
         self._set(False)
 
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if self._state == "paused" and trainer.training:
-            self._set(True)
-
     def on_train_end(self, trainer, pl_module) -> None:
         self._finish(trainer)
 
@@ -179,8 +177,9 @@ class HostSyncReport(Callback):
 
     def per_step(self) -> list[int]:
         """Reads that would wait for a GPU, for each audited step."""
-        counts = [0] * self._seen
-        for event in self.audit.device_syncs():
+        syncs = self.audit.device_syncs()
+        counts = [0] * max(self._seen, 1 + max((e.step for e in syncs), default=-1))
+        for event in syncs:
             counts[event.step] += 1
         return counts
 
