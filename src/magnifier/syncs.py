@@ -61,8 +61,9 @@ class SyncEvent:
     """One operation that reads a value back on the host.
 
     ``op``: the ATen operator; ``where``: ``file:line`` of the innermost caller outside torch;
-    ``stack``: up to 6 such callers, innermost first; ``cpu_only``: read on the host in a CUDA
-    run too (see the module docstring); ``step``: the audit's step counter at the time."""
+    ``stack``: up to 6 such callers, innermost first; ``cpu_only``: a read that does not wait
+    for the GPU in a CUDA run (see the module docstring); ``step``: the audit's step counter at
+    the time."""
 
     op: str
     where: str
