@@ -142,16 +142,16 @@ def test_the_lightning_loop_reads_nothing_back_between_the_steps_that_log(tiny_d
     _Report.made.clear()
     overrides = tiny_overrides(tiny_data_dir) + [
         "model/backbone=resnet18", f"paths.log_dir={tmp_path / 'logs'}", "logger=csv", "trainer.log_every_n_steps=5",
-        "debug=syncs", "callbacks.sync_audit._target_=tests.test_syncs._Report", "callbacks.sync_audit.steps=12",
-        "trainer.max_epochs=5", "trainer.limit_train_batches=null"]
+        "debug=syncs", "callbacks.sync_audit._target_=tests.test_syncs._Report", "callbacks.sync_audit.steps=8",
+        "trainer.max_epochs=3", "trainer.limit_train_batches=null"]
     train(compose(overrides, output_dir=str(tmp_path / "run")))
     (report,) = _Report.made
     reads, kinds = report.per_step(), report.kinds
-    assert len(reads) == len(kinds) == 12 and kinds.count("plain") >= 4, kinds
+    assert len(reads) == len(kinds) == 8 and kinds.count("plain") >= 4 and "log" in kinds, kinds
     assert [r for r, k in zip(reads, kinds) if k == "plain"] == [0] * kinds.count("plain"), list(zip(reads, kinds))
     assert all(r > 0 for r, k in zip(reads, kinds) if k == "log")  # the control: logging reads, and is seen
     out = capfd.readouterr()
-    assert "host round trips in 12 training steps" in out.out and "reads per step: 0 on" in out.out
+    assert "host round trips in 8 training steps" in out.out and "reads per step: 0 on" in out.out
     assert "train/loss=" in out.out and "train/id_acc=" in out.out  # the bar still shows them, at its refreshes
 
 
