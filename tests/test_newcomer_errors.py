@@ -98,19 +98,32 @@ def test_a_broken_resume_checkpoint_is_refused_before_anything_starts(broken_che
     assert not list(logs.glob("train/runs/*")), list(logs.rglob("*"))
 
 
-@pytest.mark.parametrize("command", ["magnifier.train", "magnifier.evaluate"])
-def test_a_broken_checkpoint_is_refused_before_lightning_or_torchmetrics_is_imported(broken_checkpoints, tmp_path,
-                                                                                      command):
-    """Those two packages take about 5 s to import on two cores: the refusal comes first."""
-    probe = (f"import runpy, sys; sys.argv = ['{command}', 'ckpt_path={broken_checkpoints['truncated']}', "
-             f"'paths.log_dir={tmp_path}', 'logger=csv']\n"
+def _refused_before_heavy_imports(command: str, args: list[str], words: str) -> None:
+    """Runs ``python -m <command> <args>`` in a subprocess; it must exit 2 with ``words`` in its
+    one line before Lightning or torchmetrics (about 5 s to import on two cores) is imported."""
+    probe = (f"import runpy, sys; sys.argv = {[command, *args]!r}\n"
              f"try:\n    runpy.run_module('{command}', run_name='__main__')\n"
              "except SystemExit as exit:\n"
              "    heavy = sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'torchmetrics') if m in sys.modules)\n"
              "    print('exit', exit.code, 'imported', ','.join(heavy) or 'none')")
     run = subprocess.run([sys.executable, "-c", probe], env=ENV, capture_output=True, text=True, timeout=300)
-    assert "not a readable PyTorch checkpoint" in run.stderr, run.stderr[-2000:]
+    assert words in run.stderr, run.stderr[-2000:]
     assert "exit 2 imported none" in run.stdout, run.stdout[-2000:]
+
+
+@pytest.mark.parametrize("command", ["magnifier.train", "magnifier.evaluate"])
+def test_a_broken_checkpoint_is_refused_before_lightning_or_torchmetrics_is_imported(broken_checkpoints, tmp_path,
+                                                                                      command):
+    _refused_before_heavy_imports(command, [f"ckpt_path={broken_checkpoints['truncated']}",
+                                            f"paths.log_dir={tmp_path}", "logger=csv"],
+                                  "not a readable PyTorch checkpoint")
+
+
+def test_a_missing_dataset_is_refused_before_lightning_is_imported(tmp_path):
+    """The dataset's files are listed before Lightning and the data module are imported."""
+    _refused_before_heavy_imports("magnifier.train", ["dataset=market", f"paths.data_dir={tmp_path}/nowhere",
+                                                      f"paths.log_dir={tmp_path}/logs", "logger=csv"],
+                                  f"error: dataset 'market': {tmp_path}/nowhere/bounding_box_train is missing")
 
 
 def test_a_resume_checkpoint_of_another_architecture_is_one_line(tiny_checkpoint, tiny_data_dir, tmp_path):

@@ -196,6 +196,20 @@ def train(cfg: DictConfig) -> dict:
             write_run_results(output_dir, status, state["metrics"], time.perf_counter() - start, state["best"], error)
 
 
+def _index_dataset(dataset: DictConfig):
+    """The dataset's file listing (:func:`magnifier.data.datasets.load_dataset`), made before
+    Lightning and the data module are imported (about 5 s on two cores), so that a wrong data
+    path is refused in seconds. None for the synthetic set, which may still have to be built."""
+    if dataset.get("name") == "synthetic" or "root" not in dataset:
+        return None
+    from omegaconf import OmegaConf
+
+    from magnifier.data.datasets import load_dataset
+
+    options = OmegaConf.to_container(dataset.options, resolve=True) if dataset.get("options") else {}
+    return load_dataset(dataset.name, dataset.root, **options)
+
+
 def _train(cfg: DictConfig, state: dict) -> dict:
     # The checks up to init_from need torch at most, so Lightning (5 s more to import) comes
     # after them; the GPU check comes before any data is touched.
@@ -219,6 +233,7 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     if cfg.get("init_from") and not Path(cfg.init_from).is_file():
         raise UserError(f"init_from={cfg.init_from}: no such checkpoint file (the weights to start from, "
                         "e.g. stage 1's .../checkpoints/last.ckpt)")
+    indexed = _index_dataset(cfg.dataset)
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
@@ -239,9 +254,9 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     # builds a missing synthetic dataset; DDP workers are launched after this point.
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         datamodule.prepare_data()
-        say(datamodule.load().summary())
+        say(datamodule.load(indexed).summary())
     else:
-        datamodule.load()
+        datamodule.load(indexed)
     _check_attributes(cfg, datamodule)
     if cfg.get("train", True):
         datamodule.check_sampling(_world_size(kwargs))

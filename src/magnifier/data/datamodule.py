@@ -154,10 +154,12 @@ class ReIDDataModule(pl.LightningDataModule):
             print(f"building the synthetic dataset in {self.synthetic_dir} ...", flush=True)
             synthetic.generate(self.synthetic_dir, **self.synthetic)
 
-    def load(self) -> ReIDData:
-        """Index the dataset (file names only, no image is decoded)."""
+    def load(self, indexed: ReIDData | None = None) -> ReIDData:
+        """Index the dataset (file names only, no image is decoded); ``indexed``: that listing,
+        made already (``load_dataset(name, root, **options)``; the train command makes it before
+        importing Lightning)."""
         if self.data is None:
-            self.data = load_dataset(self.name, self.root, **self.options)
+            self.data = indexed if indexed is not None else load_dataset(self.name, self.root, **self.options)
             if self.train_sets:
                 self.data = combine_train(self.data, self.train_sets, self.root)
             if self.use_masks:
