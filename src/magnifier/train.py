@@ -233,13 +233,12 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     if cfg.get("init_from") and not Path(cfg.init_from).is_file():
         raise UserError(f"init_from={cfg.init_from}: no such checkpoint file (the weights to start from, "
                         "e.g. stage 1's .../checkpoints/last.ckpt)")
-    indexed = _index_dataset(cfg.dataset)
-    import pytorch_lightning as pl
-    from hydra.utils import instantiate
-
     import torch
 
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "high"))  # CUDA only
+    indexed = _index_dataset(cfg.dataset)
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
 
     from magnifier.data.dataset import LabelMapError
     from magnifier.distributed import close_process_group
