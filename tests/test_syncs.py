@@ -193,3 +193,90 @@ def test_the_report_pauses_for_validation_and_goes_on_after_it(capsys):
     report.on_train_end(trainer, None)
     assert report.per_step() == [1, 1, 1]
     assert "host round trips in 3 training steps" in capsys.readouterr().out
+
+
+def _cuda_says_sync() -> None:
+    """What torch.cuda.set_sync_debug_mode("warn") raises at a synchronising call."""
+    import warnings
+
+    warnings.warn("called a synchronizing CUDA operation", UserWarning)
+
+
+def test_the_cuda_watch_records_each_synchronising_call_where_it_was_made(monkeypatch):
+    """CudaSyncWatch turns PyTorch's warnings into events that name the caller, every time
+    (not once per place, as Python's default filter would), lets other warnings through, and
+    puts the warning filters back on exit. Fed warnings by hand: no CUDA here."""
+    import warnings
+
+    from magnifier.syncs import CudaSyncWatch, summarize
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no set_sync_debug_mode call
+    filters = list(warnings.filters)
+    watch = CudaSyncWatch(enabled=True)
+    with pytest.warns(UserWarning, match="something else"):
+        with watch:
+            watch.step = 4
+            for _ in range(3):
+                _cuda_says_sync()
+            warnings.warn("something else", UserWarning)
+    assert [e.op for e in watch.events] == ["cuda_sync"] * 3
+    assert {e.step for e in watch.events} == {4}
+    assert "test_syncs.py:" in watch.events[0].where and watch.events[0].where.endswith(
+        str(_cuda_says_sync.__code__.co_firstlineno + 4))
+    assert summarize(watch.events).startswith("3 x cuda_sync at ") and "test_syncs.py:" in summarize(watch.events)
+    assert warnings.filters == filters
+    with warnings.catch_warnings(record=True) as caught:  # off now: the warning is a warning again
+        warnings.simplefilter("always")
+        _cuda_says_sync()
+    assert len(caught) == 1 and len(watch.events) == 3
+
+
+def test_the_cuda_watch_is_off_without_cuda():
+    from magnifier.syncs import CudaSyncWatch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine")
+    import warnings
+
+    with CudaSyncWatch() as watch, warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        _cuda_says_sync()
+    assert not watch.enabled and watch.events == []
+
+
+def test_the_report_counts_cuda_syncs_per_step(capsys, monkeypatch):
+    """On a GPU, debug=syncs also lists the calls set_sync_debug_mode flags, per step."""
+    from types import SimpleNamespace
+
+    from magnifier.syncs import CudaSyncWatch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    trainer = SimpleNamespace(is_global_zero=True, log_every_n_steps=5, training=True)
+    report = HostSyncReport(steps=3)
+    report.watch = CudaSyncWatch(enabled=True)
+    report.on_train_start(trainer, None)
+    for i in range(3):
+        report.on_train_batch_start(trainer, None, None, i)
+        for _ in range(i):
+            _cuda_says_sync()
+    report.on_train_end(trainer, None)
+    assert report.per_step(report.watch.events) == [0, 1, 2]
+    out = capsys.readouterr().out
+    assert "CUDA synchronising calls (set_sync_debug_mode, copies included), per step: 0 on 1 step(s), 1 on 1 step(s), 2 on 1 step(s)" in out
+    assert "3 x cuda_sync at" in out
+
+
+def test_places_are_named_below_site_packages():
+    """On the H200 machine the packages live under /opt/torch/.venv: a path test for "/torch/"
+    took every installed package (Lightning's loops included) for PyTorch and named the user's
+    train.py line for Lightning's reads."""
+    from magnifier.syncs import _internal
+
+    venv = "/opt/torch/.venv/lib/python3.12/site-packages/"
+    assert not _internal(venv + "pytorch_lightning/loops/training_epoch_loop.py")
+    assert not _internal("/opt/torch/work/src/magnifier/module.py")
+    assert _internal(venv + "torch/nn/modules/module.py")
+    assert _internal(venv + "lightning_fabric/utilities/apply_func.py")
+    assert _internal("/work/main/src/magnifier/syncs.py")
+    assert _internal("/usr/lib/python3.12/warnings.py")
+    assert _internal("/home/me/pytorch/torch/optim/adam.py")  # a source checkout, no site-packages

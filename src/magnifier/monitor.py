@@ -131,27 +131,32 @@ class HostSyncReport(Callback):
     (``debug=syncs``). A step runs from one ``on_train_batch_start`` to the next, so it holds
     the loss, the backward pass, the optimiser, the logging and the next batch's transfer.
     Validation is not audited (the audit pauses from its start to the next training batch). Costs a Python call per operation while on; audit eager runs
-    (``compile=false``)."""
+    (``compile=false``). On a CUDA device it also records every call that synchronises the
+    device, copies between host and device included (:class:`magnifier.syncs.CudaSyncWatch`),
+    which the audit cannot tell from other operations."""
 
     def __init__(self, steps: int = 60):
-        from magnifier.syncs import HostSyncAudit
+        from magnifier.syncs import CudaSyncWatch, HostSyncAudit
 
         self.steps = steps
         self.audit = HostSyncAudit()
+        self.watch = CudaSyncWatch()
         self._seen = 0
         self._state = "idle"  # idle | on | paused | done
 
     def _set(self, on: bool) -> None:
         if on and self._state in ("idle", "paused"):
             self.audit.__enter__()
+            self.watch.__enter__()
             self._state = "on"
         elif not on and self._state == "on":
+            self.watch.__exit__(None, None, None)
             self.audit.__exit__(None, None, None)
             self._state = "paused"
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.steps > 0:
-            self.audit.step = 0  # what runs before the first batch's hooks (the loop's own checks) counts to it
+            self.audit.step = self.watch.step = 0  # what runs before the first batch's hooks (the loop's own checks) counts to it
             self._set(True)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -162,7 +167,7 @@ class HostSyncReport(Callback):
         if self._seen == self.steps:
             self._finish(trainer)
             return
-        self.audit.step = self._seen
+        self.audit.step = self.watch.step = self._seen
         self._seen += 1
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -175,9 +180,9 @@ class HostSyncReport(Callback):
         self._set(False)
         self._state = "done"
 
-    def per_step(self) -> list[int]:
-        """Reads that would wait for a GPU, for each audited step."""
-        syncs = self.audit.device_syncs()
+    def per_step(self, events=None) -> list[int]:
+        """Reads that would wait for a GPU (or ``events``), for each audited step."""
+        syncs = self.audit.device_syncs() if events is None else events
         counts = [0] * max(self._seen, 1 + max((e.step for e in syncs), default=-1))
         for event in syncs:
             counts[event.step] += 1
@@ -204,4 +209,9 @@ class HostSyncReport(Callback):
         lines += ["  " + line for line in summarize(device).splitlines()]
         if host:
             lines.append(f"  and {host} read(s) made on the host in a CUDA run too (F.one_hot's range checks, torch.optim's step counters)")
+        if self.watch.enabled:
+            cuda = Counter(self.per_step(self.watch.events))
+            lines.append("  CUDA synchronising calls (set_sync_debug_mode, copies included), per step: "
+                         + ", ".join(f"{n} on {k} step(s)" for n, k in sorted(cuda.items())))
+            lines += ["  " + line for line in summarize(self.watch.events).splitlines()]
         return "\n".join(lines)

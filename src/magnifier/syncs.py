@@ -7,10 +7,11 @@ before it, so it cannot run ahead and launch the next kernels while the GPU is b
 that is bound by kernel launches (MagnifierNet's is, see the README's "Training speed on a GPU")
 pays for each one.
 
-``torch.cuda.set_sync_debug_mode`` finds them on a GPU (``benchmarks/train_speed.py
---sync-check``). :class:`HostSyncAudit` finds the same operations at PyTorch's dispatcher,
-whatever the device, so the test suite checks the step on the CPU. What it cannot see there:
-copies between host and device memory, since on a CPU run every tensor is in host memory.
+``torch.cuda.set_sync_debug_mode`` finds them on a GPU (:class:`CudaSyncWatch`, used by
+``benchmarks/train_speed.py --sync-check`` and ``debug=syncs``). :class:`HostSyncAudit` finds
+the same operations at PyTorch's dispatcher, whatever the device, so the test suite checks the
+step on the CPU. What it cannot see there: copies between host and device memory, since on a CPU
+run every tensor is in host memory.
 
 Two kinds of reads are made on the host in a CUDA run and are kept apart (``cpu_only``):
 
@@ -24,6 +25,7 @@ Two kinds of reads are made on the host in a CUDA run and are kept apart (``cpu_
 from __future__ import annotations
 
 import sys
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -40,7 +42,9 @@ SYNCING_OPS = frozenset({
     "bincount", "equal", "allclose", "is_nonzero",
 })
 _INDEXING = frozenset({"index", "index_put", "index_put_", "_index_put_impl_"})
-_INTERNAL = ("/torch/", "/lightning_utilities/", "/lightning_fabric/utilities/", "/magnifier/syncs.py")
+#: Callers passed over when naming a place: PyTorch, Lightning's helpers, this module (and the
+#: warnings machinery, see _internal).
+_INTERNAL = ("torch/", "lightning_utilities/", "lightning_fabric/utilities/", "magnifier/syncs.py")
 
 
 def is_syncing(func, args: tuple, kwargs: dict) -> bool:
@@ -70,6 +74,18 @@ class SyncEvent:
     stack: tuple[str, ...]
     cpu_only: bool
     step: int | None
+
+
+def _internal(filename: str) -> bool:
+    """Whether ``filename`` is one of the callers a place is not named after. Matched on the
+    path below site-packages (or src/): a virtual environment in a folder called torch (the
+    H200 machine's /opt/torch/.venv) must not make every installed package look like PyTorch."""
+    if filename.endswith("/warnings.py"):
+        return True
+    short = _short(filename)
+    if short != filename:
+        return short.startswith(_INTERNAL)
+    return any(f"/{part}" in filename for part in _INTERNAL)
 
 
 def _short(filename: str) -> str:
@@ -140,17 +156,9 @@ class HostSyncAudit(TorchDispatchMode):
         return func(*args, **kwargs)
 
     def _event(self, name: str) -> SyncEvent:
-        stack: list[str] = []
-        optimizer = False
-        frame = sys._getframe(2)
-        while frame is not None:
-            filename = frame.f_code.co_filename.replace("\\", "/")
-            optimizer = optimizer or "/torch/optim/" in filename
-            if not any(part in filename for part in _INTERNAL) and len(stack) < 6:
-                stack.append(f"{_short(filename)}:{frame.f_lineno}")
-            frame = frame.f_back
+        stack, optimizer = _callers(sys._getframe(2))
         cpu_only = optimizer or self._one_hot.depth > 0
-        return SyncEvent(name, stack[0] if stack else "?", tuple(stack), cpu_only, self.step)
+        return SyncEvent(name, stack[0] if stack else "?", stack, cpu_only, self.step)
 
     def device_syncs(self) -> list[SyncEvent]:
         """The events that would also wait for the GPU in a CUDA run."""
@@ -159,6 +167,75 @@ class HostSyncAudit(TorchDispatchMode):
     def summary(self) -> str:
         """:func:`summarize` of all the events."""
         return summarize(self.events)
+
+
+def _callers(frame) -> tuple[tuple[str, ...], bool]:
+    """Up to 6 ``file:line`` callers from ``frame`` outwards, skipping torch and this module;
+    and whether torch.optim is among all the callers."""
+    stack: list[str] = []
+    optimizer = False
+    while frame is not None:
+        filename = frame.f_code.co_filename.replace("\\", "/")
+        optimizer = optimizer or "torch/optim/" in _short(filename)
+        if not _internal(filename) and len(stack) < 6:
+            stack.append(f"{_short(filename)}:{frame.f_lineno}")
+        frame = frame.f_back
+    return tuple(stack), optimizer
+
+
+#: What ``torch.cuda.set_sync_debug_mode("warn")`` says of each synchronising call.
+CUDA_SYNC_WARNING = "called a synchronizing CUDA operation"
+
+
+class CudaSyncWatch:
+    """Records every call that synchronises a CUDA device while it is on, copies between host
+    and device memory included (``torch.cuda.set_sync_debug_mode("warn")``): each warning
+    PyTorch raises becomes a :class:`SyncEvent` (op ``cuda_sync``) instead of a printed line.
+    Other warnings pass through. Where CUDA is not available it records nothing, unless
+    ``enabled=True`` (the tests, which feed it warnings themselves).
+
+    Usage::
+
+        with CudaSyncWatch() as watch:
+            train_step()
+        summarize(watch.events)
+    """
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = torch.cuda.is_available() if enabled is None else enabled
+        self.events: list[SyncEvent] = []
+        self.step: int | None = None
+        self._warnings = None
+        self._show = None
+
+    def __enter__(self):
+        if self.enabled and self._warnings is None:
+            self._warnings = warnings.catch_warnings()  # restores the filters and showwarning on exit
+            self._warnings.__enter__()
+            warnings.filterwarnings("always", message=f".*{CUDA_SYNC_WARNING}")
+            self._show, warnings.showwarning = warnings.showwarning, self._record
+            if torch.cuda.is_available():
+                torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc):
+        if self._warnings is None:
+            return None
+        try:
+            if torch.cuda.is_available():
+                torch.cuda.set_sync_debug_mode("default")
+        finally:
+            self._warnings.__exit__(*exc)
+            self._warnings = None
+        return None
+
+    def _record(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if CUDA_SYNC_WARNING not in str(message):
+            self._show(message, category, filename, lineno, file, line)
+            return
+        stack, _ = _callers(sys._getframe(1))
+        self.events.append(SyncEvent("cuda_sync", stack[0] if stack else f"{_short(filename)}:{lineno}", stack,
+                                     False, self.step))
 
 
 def summarize(events: list[SyncEvent]) -> str:
