@@ -3,22 +3,29 @@
 (a) A bare loop of forward, loss, backward and Adam step for the baseline and MagnifierNet, the
     two models alternating step by step so that drift hits both alike, median of ``--steps``
     steps after ``--warmup``. One row per setting: input size, precision (fp32 with TF32 on a
-    GPU, or bf16-mixed with channels_last), eager or ``torch.compile``, and the Adam
+    GPU, or bf16-mixed with channels_last), eager, ``torch.compile`` (``compile``, default mode)
+    or ``torch.compile(mode="reduce-overhead")`` (``graphs``: CUDA graphs), and the Adam
     implementation (``foreach`` or ``fused``). The figure that matters is the MagnifierNet /
     baseline ratio, measured in the same run.
-(c) The profiler on one setting (``--profile``, default the last row): GPU-busy time (the sum of
-    the device kernels' durations) over wall time per step, and kernel launches per step.
+(c) The profiler on one or more settings (``--profile``, default the last eager row; the first
+    one listed feeds the goals line): GPU-busy time (the sum of the device kernels' durations)
+    over wall time per step, and kernel launches per step. A listed setting that is also a row
+    is profiled with that row's models after its timing, so a compiled one is not compiled twice,
+    and its GPU-busy time is also given over the row's timed step (``gpu_busy_of_timed_step``):
+    the profiler's own host work lengthens a host-bound step (49.6 ms timed, 66.6 ms profiled
+    for eager MagnifierNet on an H200).
 
 (b) ``--lightning-steps N``: the same model through ``python -m magnifier.train`` (bf16-mixed,
     channels_last, 256x128, batch 64) on a Market-sized synthetic set (1,400 identities, 8,400
     training images, generated on first use under ``--data-dir``) for N steps; images/s is the
     median of the logged ``train/images_per_s`` windows after the first, and the loader's share
     of a step comes from Lightning's simple profiler (time waiting for the next batch over
-    that plus the training batch).
+    that plus the training batch); the profiler's 25 costliest actions are kept in the JSON.
 
 ``--sync-check``: the host round trips of one MagnifierNet step (magnifier.syncs, any device) and,
-on a GPU, every call ``torch.cuda.set_sync_debug_mode`` flags. For the Lightning loop's own, run
-``python -m magnifier.train debug=syncs``.
+on a GPU, every call ``torch.cuda.set_sync_debug_mode`` flags (magnifier.syncs.CudaSyncWatch).
+For the Lightning loop's own, run ``python -m magnifier.train debug=syncs`` (``--lightning-args
+debug=syncs`` keeps its report in the JSON).
 
 Prints one table and writes JSON (``--json``) with the device named. Compiled rows run after
 the profile, so that a slow compilation cannot cost the other figures.
@@ -54,14 +61,14 @@ class Setting:
     height: int
     width: int
     precision: str  # fp32 | bf16 (bf16 runs channels_last)
-    mode: str  # eager | compile
+    mode: str  # eager | compile | graphs (compile with mode="reduce-overhead")
     adam: str  # foreach | fused
 
     @classmethod
     def parse(cls, text: str) -> "Setting":
         size, precision, mode, adam = text.split(":")
         h, w = (int(v) for v in size.split("x"))
-        assert precision in ("fp32", "bf16") and mode in ("eager", "compile") and adam in ("foreach", "fused"), text
+        assert precision in ("fp32", "bf16") and mode in ("eager", "compile", "graphs") and adam in ("foreach", "fused"), text
         return cls(h, w, precision, mode, adam)
 
     def __str__(self) -> str:
@@ -95,10 +102,12 @@ class Runner:
         if device.type != "cuda" and setting.adam == "fused":
             kwargs = {"fused": True}  # CPU fused Adam exists in recent PyTorch
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=3.5e-4, weight_decay=5e-4, **kwargs)
-        if setting.mode == "compile":  # what compile=true does: network and loss, in place
-            compile_in_place(self.model, {})
-            compile_in_place(self.criterion, {})
+        if setting.mode != "eager":  # what compile=true (or compile=reduce-overhead) does: network and loss
+            options = {"mode": "reduce-overhead"} if setting.mode == "graphs" else {}
+            compile_in_place(self.model, options)
+            compile_in_place(self.criterion, options)
         self.forward = self.model
+        self.graphs = setting.mode == "graphs"
         g = torch.Generator().manual_seed(0)
         images = torch.randn(batch, 3, setting.height, setting.width, generator=g)
         self.images = images.to(device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
@@ -107,6 +116,8 @@ class Runner:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=setting.precision == "bf16")
 
     def step(self) -> None:
+        if self.graphs:  # a new iteration: the previous step's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         self.model.train()
         with self.autocast:
             loss = self.criterion(self.forward(self.images, self.masks), self.pids)["loss"]
@@ -115,7 +126,9 @@ class Runner:
         self.optimizer.step()
 
 
-def time_setting(setting: Setting, device: torch.device, backbone: str, batch: int, steps: int, warmup: int) -> dict:
+def time_setting(setting: Setting, device: torch.device, backbone: str, batch: int, steps: int, warmup: int,
+                 profile_steps: int = 0) -> tuple[dict, dict | None]:
+    """The row of ``setting``; and with ``profile_steps``, :func:`profile_runners` of its models."""
     runners = {name: Runner(name, setting, device, backbone, batch) for name in ("baseline", "magnifier")}
     times: dict[str, list[float]] = {name: [] for name in runners}
     t_compile = time.perf_counter()
@@ -139,8 +152,9 @@ def time_setting(setting: Setting, device: torch.device, backbone: str, batch: i
     if device.type == "cuda":
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         torch.cuda.reset_peak_memory_stats(device)
+    prof = profile_runners(runners, device, profile_steps) if profile_steps else None
     del runners
-    return row
+    return row, prof
 
 
 def sync_check(setting: Setting, device: torch.device, backbone: str, batch: int) -> dict:
@@ -148,10 +162,7 @@ def sync_check(setting: Setting, device: torch.device, backbone: str, batch: int
     the operations that read a device value back (magnifier.syncs.HostSyncAudit, any device),
     and on a GPU also every synchronising CUDA call, copies included
     (``torch.cuda.set_sync_debug_mode("warn")``): their counts and where."""
-    import traceback
-    import warnings
-
-    from magnifier.syncs import HostSyncAudit
+    from magnifier.syncs import CudaSyncWatch, HostSyncAudit
 
     runner = Runner("magnifier", setting, device, backbone, batch)
     runner.step()
@@ -162,38 +173,32 @@ def sync_check(setting: Setting, device: torch.device, backbone: str, batch: int
     out = {"reads": len(audit.device_syncs()), "reads_where": sorted({e.where for e in audit.device_syncs()})}
     if device.type != "cuda":
         return out
-    places: list[str] = []
-    details: list[dict] = []  # the message and the innermost Python frames, whatever their file
-
-    def record(message, category, filename, lineno, file=None, line=None):
-        stack = traceback.extract_stack()[:-1]
-        frames = [f for f in stack if "magnifier" in f.filename or "train_speed" in f.filename]
-        places.append(f"{frames[-1].filename.split('/')[-1]}:{frames[-1].lineno}" if frames else f"{filename}:{lineno}")
-        details.append({"message": str(message)[:200], "warned_at": f"{filename}:{lineno}",
-                        "stack": [f"{'/'.join(f.filename.split('/')[-2:])}:{f.lineno} {f.name}" for f in stack[-8:]]})
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        previous, warnings.showwarning = warnings.showwarning, record
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            runner.step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-            warnings.showwarning = previous
+    with CudaSyncWatch() as watch:
+        runner.step()
     _sync(device)
-    return {"syncs": len(places), "where": sorted(set(places)), "details": details, **out}
+    return {"syncs": len(watch.events), "where": sorted({e.where for e in watch.events}),
+            "stacks": [list(e.stack) for e in watch.events], **out}
 
 
 def profile_setting(setting: Setting, device: torch.device, backbone: str, batch: int, steps: int) -> dict:
     """GPU-busy fraction and kernel launches per step, for each model in ``setting``."""
-    from torch.profiler import ProfilerActivity, profile
-
     out = {}
     for name in ("baseline", "magnifier"):
         runner = Runner(name, setting, device, backbone, batch)
         for _ in range(3):
             runner.step()
+        out.update(profile_runners({name: runner}, device, steps))
+        del runner
+    return out
+
+
+def profile_runners(runners: dict[str, "Runner"], device: torch.device, steps: int) -> dict:
+    """``steps`` steps of each warmed-up runner under the profiler: wall time per step and, on a
+    GPU, GPU-busy time (the device kernels' summed durations), its fraction and kernels per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for name, runner in runners.items():
         _sync(device)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
@@ -211,7 +216,6 @@ def profile_setting(setting: Setting, device: torch.device, backbone: str, batch
         else:
             ops = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU]
             out[name] = {"wall_ms": 1e3 * wall, "ops_per_step": len(ops) / steps}
-        del runner
     return out
 
 
@@ -231,7 +235,7 @@ def lightning_run(steps: int, data_dir: str, log_dir: str, workers: int, batch: 
                  "model.backbone.pretrained=false", "dataset.height=256", "dataset.width=128",
                  f"dataset.batch_size={batch}", f"dataset.num_workers={workers}", "channels_last=true",
                  "trainer.precision=bf16-mixed", f"+trainer.max_steps={steps}", "trainer.max_epochs=1000",
-                 "trainer.check_val_every_n_epoch=1000", "test=false", "logger=csv", "~callbacks.progress_bar",
+                 "trainer.check_val_every_n_epoch=1000", "test=false", "logger=csv",
                  "+trainer.profiler=simple"]
     overrides += [f"dataset.synthetic.{k}={v}" for k, v in MARKET_SIZED.items()]
     if torch.cuda.is_available():
@@ -249,25 +253,44 @@ def lightning_run(steps: int, data_dir: str, log_dir: str, workers: int, batch: 
     if report:  # --lightning-args debug=syncs: the audit of the Lightning loop's steps (magnifier.monitor)
         end = next((i for i, line in enumerate(report) if not line.strip()), len(report))
         out["host_round_trips"] = [line.strip() for line in report[:end]]
+    actions = profiler_actions(run.stdout)
+    out["profiler_top"] = sorted(actions, key=lambda a: -a["total_s"])[:25]
     means = {}
     for name in ("train_dataloader_next", "run_training_batch"):
-        m = re.search(rf"{name}\S*\s*\|\s*([\d.e-]+)", run.stdout)
-        if m:
-            means[name] = float(m.group(1))
+        mean = next((a["mean_ms"] / 1e3 for a in actions if name in a["action"]), None)
+        if mean is not None:
+            means[name] = mean
     if len(means) == 2:
         wait, batch_s = means["train_dataloader_next"], means["run_training_batch"]
         out.update(loader_wait_ms=1e3 * wait, training_batch_ms=1e3 * batch_s, loader_share=wait / (wait + batch_s))
     return out
 
 
+def profiler_actions(text: str) -> list[dict]:
+    """The rows of Lightning's simple profiler report in ``text`` (``| action | mean (s) | calls |
+    total (s) | percent |``), the Total row left out."""
+    actions = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 5 or cells[0] in ("Action", "Total"):
+            continue
+        try:
+            actions.append({"action": cells[0], "mean_ms": 1e3 * float(cells[1]), "calls": int(cells[2]),
+                            "total_s": float(cells[3])})
+        except ValueError:
+            continue
+    return actions
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, help="HxW:fp32|bf16:eager|compile:foreach|fused")
+    p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, help="HxW:fp32|bf16:eager|compile|graphs:foreach|fused")
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=15)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--profile", default=None, help="the setting to profile (default: the last row); 'none' skips")
+    p.add_argument("--profile", nargs="+", default=None,
+                   help="the settings to profile (default: the last eager row; the first feeds the goals); 'none' skips")
     p.add_argument("--profile-steps", type=int, default=5)
     p.add_argument("--lightning-steps", type=int, default=0, help="also train N steps through python -m magnifier.train")
     p.add_argument("--data-dir", default="/tmp/market_sized")
@@ -298,30 +321,53 @@ def main() -> None:
         result["lightning"] = lightning_run(args.lightning_steps, args.data_dir, args.log_dir, args.workers, args.batch,
                                             args.lightning_args)
         print("lightning loop (python -m magnifier.train, 256x128 bf16-mixed channels_last): "
-              + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result["lightning"].items()),
+              + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result["lightning"].items()
+                          if k != "profiler_top"),
               flush=True)
         save()
     if settings:
         print(f"{'setting':<30} {'baseline':>10} {'magnifier':>10} {'ratio':>6} {'mag img/s':>10} {'warm-up':>8}")
-    target = args.profile or (str(eager[-1]) if eager else "none")
-    for setting in eager + [st for st in settings if st.mode != "eager"]:
-        if setting.mode != "eager" and target != "none" and "profile" not in result:
-            target = _profile(result, target, device, args)
+    targets = [str(Setting.parse(t)) for t in (args.profile or ([str(eager[-1])] if eager else [])) if t != "none"]
+    standalone = [t for t in targets if t not in {str(st) for st in settings}]  # profiled with models of their own
+
+    def add_profile(name: str, prof: dict) -> None:
+        row = next((r for r in result["rows"] if r["setting"] == name), None)
+        for model, stats in prof.items():  # the profiler slows the host: also over the timed step
+            if row and "gpu_busy_ms" in stats:
+                stats["gpu_busy_of_timed_step"] = stats["gpu_busy_ms"] / row[f"{model}_ms"]
+        result.setdefault("profiles", {})[name] = {"setting": name, **prof}
+        if name == targets[0]:  # the one the goals line reads
+            result["profile"] = result["profiles"][name]
+        for model, stats in prof.items():
+            print(f"profile {name} {model}: " + ", ".join(f"{k} {v:.3g}" for k, v in stats.items()), flush=True)
+        save()
+
+    def before_compiling() -> None:  # the eager figures first: a slow compilation cannot cost them
+        nonlocal standalone
+        for name in standalone:
+            add_profile(name, profile_setting(Setting.parse(name), device, args.backbone, args.batch, args.profile_steps))
+        standalone = []
+        if args.sync_check and "sync_check" not in result:
+            eager_targets = [t for t in targets if Setting.parse(t).mode == "eager"]
+            setting = Setting.parse(eager_targets[0] if eager_targets else "256x128:bf16:eager:fused")
+            result["sync_check"] = sync_check(setting, device, args.backbone, args.batch)
+            print(f"host round trips in one MagnifierNet step ({setting}): "
+                  + json.dumps({k: v for k, v in result["sync_check"].items() if k != "stacks"}), flush=True)
             save()
-        row = time_setting(setting, device, args.backbone, args.batch, args.steps, args.warmup)
+
+    for setting in eager + [st for st in settings if st.mode != "eager"]:
+        if setting.mode != "eager":
+            before_compiling()
+        row, prof = time_setting(setting, device, args.backbone, args.batch, args.steps, args.warmup,
+                                 args.profile_steps if str(setting) in targets else 0)
         result["rows"].append(row)
         print(f"{row['setting']:<30} {row['baseline_ms']:8.1f}ms {row['magnifier_ms']:8.1f}ms {row['ratio']:5.2f}x "
               f"{row['magnifier_images_s']:10.0f} {row['warmup_s']:7.1f}s"
               + (f"  {row['recompiles_timed']} recompile(s) while timed" if row["recompiles_timed"] else ""), flush=True)
         save()
-    if target != "none" and "profile" not in result:
-        _profile(result, target, device, args)
-        save()
-    if args.sync_check:
-        setting = Setting.parse(target if target != "none" else "256x128:bf16:eager:fused")
-        result["sync_check"] = sync_check(setting, device, args.backbone, args.batch)
-        print(f"host round trips in one MagnifierNet step: {result['sync_check']}", flush=True)
-        save()
+        if prof:
+            add_profile(str(setting), prof)
+    before_compiling()
     result["goals"] = goals(result, args.lightning_args)
     if result["goals"]:
         print("goals: " + "; ".join(f"{k} {v['value']:.3g} ({next(x for x in v.values() if isinstance(x, str))})"
@@ -334,9 +380,12 @@ def goals(result: dict, lightning_args: list[str]) -> dict:
     ``lightning_over_bare`` (goal 1: at least 0.90), the Lightning run's images/s over the bare
     loop's at its setting (256x128, bf16, fused Adam, eager or compiled as the Lightning run was);
     ``bf16_ratio`` (goal 2: at most 1.3), the best MagnifierNet/baseline step ratio in bf16;
-    ``gpu_busy_fraction`` (goal 3: as high as the model allows), from the profile."""
+    ``gpu_busy_fraction`` (goal 3: as high as the model allows), from the profile: the kernels'
+    time over the timed (unprofiled) step where the profiled setting is also a row, else over
+    the profiled step, which the profiler's own host work lengthens."""
     out: dict = {}
-    mode = "compile" if any(a.startswith("compile=") and a != "compile=false" for a in lightning_args) else "eager"
+    compiled = next((a.split("=", 1)[1] for a in lightning_args if a.startswith("compile=")), "false")
+    mode = "eager" if compiled in ("false", "null") else "graphs" if compiled == "reduce-overhead" else "compile"
     rows = {row["setting"]: row for row in result["rows"]}
     bare = rows.get(f"256x128:bf16:{mode}:fused")
     images_s = result.get("lightning", {}).get("images_s")
@@ -346,18 +395,11 @@ def goals(result: dict, lightning_args: list[str]) -> dict:
     if bf16:
         best = min(bf16, key=lambda row: row["ratio"])
         out["bf16_ratio"] = {"value": best["ratio"], "setting": best["setting"]}
-    busy = result.get("profile", {}).get("magnifier", {}).get("gpu_busy_fraction")
+    stats = result.get("profile", {}).get("magnifier", {})
+    busy = stats.get("gpu_busy_of_timed_step", stats.get("gpu_busy_fraction"))
     if busy is not None:
         out["gpu_busy_fraction"] = {"value": busy, "setting": result["profile"]["setting"]}
     return out
-
-
-def _profile(result: dict, target: str, device: torch.device, args) -> str:
-    prof = profile_setting(Setting.parse(target), device, args.backbone, args.batch, args.profile_steps)
-    result["profile"] = {"setting": target, **prof}
-    for name, stats in prof.items():
-        print(f"profile {target} {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in stats.items()), flush=True)
-    return target
 
 
 if __name__ == "__main__":

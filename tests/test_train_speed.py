@@ -46,6 +46,9 @@ def test_goals_name_the_rows_they_come_from(train_speed):
     compiled = train_speed.goals(RESULT, ["compile=true"])["lightning_over_bare"]
     assert compiled == {"value": pytest.approx(0.72), "bare": "256x128:bf16:compile:fused"}
     assert train_speed.goals(RESULT, ["compile=false"])["lightning_over_bare"]["bare"] == "256x128:bf16:eager:fused"
+    timed = {**RESULT, "profile": {"setting": "256x128:bf16:eager:fused",
+                                   "magnifier": {"gpu_busy_fraction": 0.25, "gpu_busy_of_timed_step": 0.34}}}
+    assert train_speed.goals(timed, [])["gpu_busy_fraction"]["value"] == 0.34  # over the unprofiled step
 
 
 def test_goals_leave_out_what_the_run_did_not_measure(train_speed):
@@ -61,3 +64,51 @@ def test_settings_parse_and_print_back(train_speed):
     assert str(setting) == "384x192:bf16:compile:fused"
     with pytest.raises(AssertionError):
         train_speed.Setting.parse("384x192:fp16:eager:fused")
+
+
+def test_graphs_rows_and_a_reduce_overhead_lightning_run_pair_up(train_speed):
+    assert train_speed.Setting.parse("256x128:bf16:graphs:fused").mode == "graphs"
+    result = {"rows": [_row("256x128:bf16:compile:fused", 1.25, 2000.0), _row("256x128:bf16:graphs:fused", 1.10, 2400.0)],
+              "lightning": {"images_s": 2160.0}}
+    goals = train_speed.goals(result, ["compile=reduce-overhead"])
+    assert goals["lightning_over_bare"] == {"value": pytest.approx(0.9), "bare": "256x128:bf16:graphs:fused"}
+    assert train_speed.goals(result, ["compile=true"])["lightning_over_bare"]["bare"] == "256x128:bf16:compile:fused"
+
+
+def test_the_simple_profiler_report_is_read_back(train_speed):
+    """The rows of a real Lightning SimpleProfiler report, as the Lightning run prints it."""
+    from pytorch_lightning.profilers import SimpleProfiler
+
+    profiler = SimpleProfiler()
+    for _ in range(3):
+        with profiler.profile("[_TrainingEpochLoop].train_dataloader_next"):
+            pass
+        with profiler.profile("run_training_batch"):
+            sum(range(20000))
+    actions = train_speed.profiler_actions("some log line | with | bars\n" + profiler.summary())
+    assert sorted(a["action"] for a in actions) == ["[_TrainingEpochLoop].train_dataloader_next", "run_training_batch"]
+    batch = next(a for a in actions if a["action"] == "run_training_batch")
+    assert batch["calls"] == 3 and batch["mean_ms"] > 0 and batch["total_s"] == pytest.approx(3 * batch["mean_ms"] / 1e3, rel=1e-3)
+
+
+def test_a_small_run_on_the_cpu_writes_its_rows_profiles_and_reads(tmp_path):
+    """The whole script on the CPU at a toy size: an eager row profiled with its own models, a
+    setting profiled on its own, and the sync check, all in the JSON (the GPU run has one try)."""
+    import json
+    import os
+    import subprocess
+
+    out = tmp_path / "speed.json"
+    row, other = "64x32:fp32:eager:foreach", "64x32:fp32:eager:fused"
+    run = subprocess.run([sys.executable, str(SCRIPT), "--backbone", "resnet18", "--batch", "8", "--steps", "2",
+                          "--warmup", "1", "--rows", row, "--profile", other, row, "--profile-steps", "1",
+                          "--sync-check", "--json", str(out)],
+                         capture_output=True, text=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [r["setting"] for r in result["rows"]] == [row]
+    assert set(result["profiles"]) == {row, other}
+    assert result["profile"]["setting"] == other  # the first listed feeds the goals
+    assert set(result["profiles"][row]) == {"setting", "baseline", "magnifier"}
+    assert result["profiles"][row]["magnifier"]["ops_per_step"] > result["profiles"][row]["baseline"]["ops_per_step"]
+    assert result["sync_check"]["reads"] == 0 and "syncs" not in result["sync_check"]  # no CUDA here
