@@ -162,6 +162,41 @@ def test_lstm_reads_regions_in_the_fixed_order():
     assert not torch.allclose(fused, sfb.fuse(feats.flip(0), present))  # order matters
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_written_out_lstm_equals_nn_lstm(bias):
+    """The recurrence torch.compile traces (lstm_last_hidden) gives nn.LSTM's last hidden state,
+    in fp32 to 1e-5 and under bf16 autocast to bf16 rounding, and its gradients."""
+    from magnifier.models.branches import lstm_last_hidden
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(16, 16, num_layers=1, batch_first=True, bias=bias)
+    x = torch.randn(NUM_PARTS, 5, 16, requires_grad=True)
+    _, (h, _) = lstm(x.transpose(0, 1))
+    ours = lstm_last_hidden(lstm, x)
+    torch.testing.assert_close(ours, h[-1], rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(h[-1].square().sum(), [x, lstm.weight_hh_l0])
+    ours_grads = torch.autograd.grad(ours.square().sum(), [x, lstm.weight_hh_l0])
+    for a, b in zip(ours_grads, grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # (the CPU's nn.LSTM has no bf16 kernel to compare with)
+        ours16 = lstm_last_hidden(lstm, x)
+    assert ours16.dtype == torch.float32  # the products in bf16, the gates and the cell in float32
+    torch.testing.assert_close(ours16, h[-1], rtol=0, atol=3e-2)
+    with pytest.raises(ValueError, match="single-layer"):
+        lstm_last_hidden(torch.nn.LSTM(16, 16, num_layers=2), x)
+
+
+def test_the_sfb_fuses_with_the_written_out_lstm_while_compiling(monkeypatch):
+    """What the compiled SFB runs is the eager fusion: same vector, same dtype."""
+    sfb = SemanticFusionBranch(in_channels=8, num_classes=3, fusion="lstm").eval()
+    feats, present = torch.rand(NUM_PARTS, 2, 8), torch.ones(NUM_PARTS, 2)
+    eager = sfb.fuse(feats, present)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    traced = sfb.fuse(feats, present)
+    torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-6)
+    assert traced.dtype == eager.dtype
+
+
 def test_diversity_loss_on_hand_made_vectors():
     eye = torch.eye(4)
     orthogonal = eye[:, None, :].expand(4, 3, 4)  # region i is e_i for every image

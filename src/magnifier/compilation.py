@@ -3,8 +3,10 @@
 The whole MagnifierNet training step (network and every loss term) traces as one graph per
 module: the SRB's erased regions are drawn with ``torch.randperm`` on the device (no Python
 branch on their values), region pooling is a scatter, and the SFB's ``nn.LSTM``, which Dynamo
-refuses by default (one graph break per call), is traced with
-``torch._dynamo.config.allow_rnn`` switched on.
+refuses by default (one graph break per call) and traces wrongly on CUDA when allowed
+(``allow_rnn``: the hidden state gains a dimension, pytorch/pytorch#130791), runs as its
+recurrence written out on the same weights (:func:`magnifier.models.branches.lstm_last_hidden`);
+``allow_rnn`` stays on so that Dynamo may read those weights from the module.
 
 Inductor (the default backend) draws random numbers from its own generator, seeded from
 PyTorch's, so a compiled run erases other SRB regions than an eager run with the same seed (it
@@ -61,7 +63,8 @@ def compile_in_place(module: torch.nn.Module, options: dict[str, Any]) -> None:
     the checkpoints) are the eager module's."""
     import torch._dynamo
 
-    # nn.LSTM (the SFB's fusion) is a graph break unless Dynamo is allowed to trace it.
+    # Dynamo refuses to touch an nn.LSTM module, even to read its weights (which the SFB's
+    # written-out recurrence does), unless allowed.
     torch._dynamo.config.allow_rnn = True
     module.compile(**options)
 

@@ -230,6 +230,28 @@ def stack_region_heads(state_dict: dict, prefix: str, num_parts: int = NUM_PARTS
             [state_dict.pop(f"{prefix}region_classifiers.{r}.bias") for r in range(num_parts)])
 
 
+def lstm_last_hidden(lstm: nn.LSTM, x: torch.Tensor) -> torch.Tensor:
+    """The last hidden state (N, H) of a single-layer, one-directional ``lstm`` over ``x``
+    (T, N, C) from zero initial states, as plain tensor operations on its own weights
+    (PyTorch's gate order i, f, g, o): the recurrence torch.compile traces for the SFB's fusion.
+    Dynamo's own tracing of ``nn.LSTM`` (``allow_rnn``) goes through cuDNN's RNN on CUDA, whose
+    traced hidden state carries an extra dimension (pytorch/pytorch#130791; the SFB's BNNeck
+    then fails on it), and a compiled LSTM is decomposed into such steps anyway. The input's
+    share of every step is one matrix product; the gates and the cell state are kept in float32
+    (as cuDNN does under autocast), so the result is float32."""
+    if lstm.num_layers != 1 or lstm.bidirectional or lstm.proj_size:
+        raise ValueError("lstm_last_hidden: a single-layer, one-directional LSTM without projection only")
+    bias = lstm.bias_ih_l0 + lstm.bias_hh_l0 if lstm.bias else None
+    xw = F.linear(x, lstm.weight_ih_l0, bias)  # (T, N, 4H)
+    h = c = None
+    for t in range(x.shape[0]):
+        gates = (xw[t] if h is None else xw[t] + F.linear(h, lstm.weight_hh_l0)).float()
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(i) * torch.tanh(g) if c is None else torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+    return h
+
+
 class SemanticFusionBranch(nn.Module):
     """SFB: one vector per part region, fused in the fixed part order.
 
@@ -326,6 +348,8 @@ class SemanticFusionBranch(nn.Module):
     def fuse(self, region_feats: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """(R, N, C) region vectors, (R, N) region presence -> (N, C) fused vector."""
         if self.fusion == "lstm":
+            if torch.compiler.is_compiling():
+                return lstm_last_hidden(self.lstm, region_feats).to(region_feats.dtype)
             _, (h, _) = self.lstm(region_feats.transpose(0, 1))  # batch_first: (N, R, C)
             return h[-1]
         if self.fusion == "concat":
