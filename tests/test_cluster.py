@@ -7,9 +7,11 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from pytorch_lightning import Callback
 
 from magnifier.cluster import check_num_nodes, launch_environment, slurm_gpus_per_node, slurm_tasks_per_node
 from magnifier.config import trainer_kwargs
@@ -18,6 +20,21 @@ from magnifier.errors import UserError
 from .conftest import compose, tiny_overrides
 
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class SlowEpochs(Callback):
+    """Sleeps ``seconds`` at the end of each training epoch, so that the job of the time-limit
+    test is still training when its slot's signal comes on any machine: 14 tiny epochs alone
+    can end within the 30 s before it (they did once on the reference machine)."""
+
+    def __init__(self, seconds: float = 2.5):
+        self.seconds = seconds
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        time.sleep(self.seconds)
+
+
 TORCHRUN = {"RANK": "0", "GROUP_RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "4"}
 SLURM = {"SLURM_NTASKS": "8", "SLURM_JOB_NAME": "train", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4(x2)"}
 
@@ -140,8 +157,10 @@ def test_submitit_job_stopped_at_its_time_limit_saves_requeues_and_resumes(tiny_
                           "hydra.launcher.timeout_min=1", "+hydra.launcher.max_num_timeout=20",
                           *tiny_overrides(tiny_data_dir), f"paths.log_dir={logs}",
                           "dataset.batch_size=8", "trainer.max_epochs=14", "trainer.check_val_every_n_epoch=7",
-                          "test=false", "logger=csv", "~callbacks.progress_bar"],
-                         env=ENV, capture_output=True, text=True, timeout=900)
+                          "test=false", "logger=csv", "~callbacks.progress_bar",
+                          "+callbacks.slow_epochs._target_=tests.test_cluster.SlowEpochs"],
+                         env={**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), ENV.get("PYTHONPATH")]))},
+                         capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     job = next((logs / "train" / "multiruns").iterdir()) / "0"
     log = "".join(p.read_text() for p in job.parent.glob(".submitit/*/*_0_log.out"))
