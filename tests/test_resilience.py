@@ -34,12 +34,15 @@ def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
 
 def _wait_for_saves(proc: subprocess.Popen, pattern: str, root: Path, saves: int, timeout: float = 600) -> Path:
     """Poll until the checkpoint matching ``pattern`` under ``root`` has been replaced ``saves``
-    times (each atomic save is a new inode); returns its path."""
+    times (each atomic save is a new file: an inode and a modification time; the inode alone is
+    not enough, as the file system may give the next save the inode the last one freed, and a
+    run then looked as if it had saved twice at most); returns its path."""
     seen, deadline = set(), time.monotonic() + timeout
     while time.monotonic() < deadline:
         for path in root.glob(pattern):
             try:
-                seen.add(path.stat().st_ino)
+                stat = path.stat()
+                seen.add((stat.st_ino, stat.st_mtime_ns))
             except FileNotFoundError:
                 continue
             if len(seen) >= saves:
