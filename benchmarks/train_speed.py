@@ -19,8 +19,8 @@
     channels_last, 256x128, batch 64) on a Market-sized synthetic set (1,400 identities, 8,400
     training images, generated on first use under ``--data-dir``) for N steps; images/s is the
     median of the logged ``train/images_per_s`` windows after the first, and the loader's share
-    of a step comes from Lightning's simple profiler (time waiting for the next batch over
-    that plus the training batch); the profiler's 25 costliest actions are kept in the JSON.
+    of a step is Lightning's simple profiler's mean wait for the next batch over the step time
+    those images/s give; the profiler's 25 costliest actions are kept in the JSON.
 
 ``--sync-check``: the host round trips of one MagnifierNet step (magnifier.syncs, any device) and,
 on a GPU, every call ``torch.cuda.set_sync_debug_mode`` flags (magnifier.syncs.CudaSyncWatch).
@@ -226,7 +226,6 @@ def lightning_run(steps: int, data_dir: str, log_dir: str, workers: int, batch: 
     """Train ``steps`` steps through ``python -m magnifier.train``; images/s and the loader's share."""
     import csv
     import os
-    import re
     import subprocess
     import sys
     from pathlib import Path
@@ -249,21 +248,31 @@ def lightning_run(steps: int, data_dir: str, log_dir: str, workers: int, batch: 
     rates = [float(r["train/images_per_s"]) for r in csv.DictReader(open(metrics)) if r.get("train/images_per_s")]
     out = {"images_s": statistics.median(rates[1:] or rates) if rates else float("nan"), "windows": len(rates),
            "wall_s": time.perf_counter() - t0}
-    report = run.stdout[run.stdout.find("host round trips in"):].splitlines() if "host round trips in" in run.stdout else []
+    report = sync_report_lines(run.stdout)
     if report:  # --lightning-args debug=syncs: the audit of the Lightning loop's steps (magnifier.monitor)
-        end = next((i for i, line in enumerate(report) if not line.strip()), len(report))
-        out["host_round_trips"] = [line.strip() for line in report[:end]]
+        out["host_round_trips"] = report
     actions = profiler_actions(run.stdout)
     out["profiler_top"] = sorted(actions, key=lambda a: -a["total_s"])[:25]
-    means = {}
-    for name in ("train_dataloader_next", "run_training_batch"):
-        mean = next((a["mean_ms"] / 1e3 for a in actions if name in a["action"]), None)
-        if mean is not None:
-            means[name] = mean
-    if len(means) == 2:
-        wait, batch_s = means["train_dataloader_next"], means["run_training_batch"]
-        out.update(loader_wait_ms=1e3 * wait, training_batch_ms=1e3 * batch_s, loader_share=wait / (wait + batch_s))
+    means = {name: next((a["mean_ms"] for a in actions if name in a["action"]), None)
+             for name in ("train_dataloader_next", "run_training_batch")}
+    if None not in means.values():
+        # The share of a steady step (from images/s) spent waiting for the next batch: the
+        # profiler's mean training batch also holds the first steps' cuDNN autotuning or compilation.
+        wait = means["train_dataloader_next"]
+        out.update(loader_wait_ms=wait, training_batch_ms=means["run_training_batch"],
+                   loader_share=wait * out["images_s"] / (1e3 * batch))
     return out
+
+
+def sync_report_lines(text: str) -> list[str]:
+    """The ``debug=syncs`` report in a run's output (magnifier.monitor.HostSyncReport): its
+    first line and the indented lines under it."""
+    start = text.find("host round trips in")
+    if start < 0:
+        return []
+    lines = text[start:].splitlines()
+    body = next((i for i, line in enumerate(lines[1:], 1) if not line.startswith("  ")), len(lines))
+    return [line.strip() for line in lines[:body]]
 
 
 def profiler_actions(text: str) -> list[dict]:

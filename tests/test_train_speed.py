@@ -112,3 +112,28 @@ def test_a_small_run_on_the_cpu_writes_its_rows_profiles_and_reads(tmp_path):
     assert set(result["profiles"][row]) == {"setting", "baseline", "magnifier"}
     assert result["profiles"][row]["magnifier"]["ops_per_step"] > result["profiles"][row]["baseline"]["ops_per_step"]
     assert result["sync_check"]["reads"] == 0 and "syncs" not in result["sync_check"]  # no CUDA here
+
+
+def test_the_sync_report_is_read_back_without_the_lines_after_it(train_speed):
+    """What --lightning-args debug=syncs keeps: HostSyncReport's own lines, not the log lines
+    that follow them (the H200 run's JSON held Lightning's 'max_steps reached' and the bar)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from magnifier.monitor import HostSyncReport
+
+    trainer = SimpleNamespace(is_global_zero=True, log_every_n_steps=50, training=True)
+    report = HostSyncReport(steps=2)
+    report.on_train_start(trainer, None)
+    for _ in range(2):
+        report.on_train_batch_start(trainer, None, None, 0)
+        torch.ones(1).sum().item()
+    report._set(False)
+    text = report.report(50)
+    out = ("a start-up line\n" + text + "\n[2026-11-27 11:53:32][pytorch_lightning][INFO] - `Trainer.fit` stopped\n"
+           "Epoch 0/999 60/61\n")
+    lines = train_speed.sync_report_lines(out)
+    assert lines == [line.strip() for line in text.splitlines()] and len(lines) >= 3
+    assert lines[0].startswith("host round trips in 2 training steps")
+    assert train_speed.sync_report_lines("no report here") == []
