@@ -154,6 +154,8 @@ def _recipe(data_dir: Path, logs: Path) -> list[str]:
         f"paths.log_dir={logs}", "dataset.batch_size=8", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=1",
         "trainer.deterministic=true", "test=false", "~callbacks.progress_bar",
         "callbacks.step_checkpoint.every_n_train_steps=1", "callbacks.step_checkpoint.train_time_interval=null",
+        # The GPU default: files written in the background (resilience.AtomicCheckpointIO).
+        "async_checkpoints=true",
     ]
 
 

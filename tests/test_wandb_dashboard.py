@@ -101,7 +101,8 @@ def sweep(tiny_data_dir, tmp_path_factory) -> tuple[Path, list[dict]]:
     _run("magnifier.train", ["-m", "model=baseline,magnifier"] + tiny_overrides(tiny_data_dir) + [
         f"paths.log_dir={tmp / 'logs'}", "logger=wandb", "logger.wandb.log_model=true", "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2", "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1",
-        "test=false", "~callbacks.progress_bar", "trainer.enable_model_summary=false"], cwd=tmp)
+        "test=false", "~callbacks.progress_bar", "trainer.enable_model_summary=false",
+        "async_checkpoints=true"], cwd=tmp)  # the GPU default: the upload waits for the background write
     (sweep_dir,) = (tmp / "logs" / "train" / "multiruns").iterdir()
     runs = []
     for job in ("0", "1"):

@@ -83,7 +83,19 @@ class WandbLogger(_LightningWandbLogger):
         # (last.ckpt) would otherwise take the artifact's "best" alias.
         if self._log_model is True and getattr(checkpoint_callback, "monitor", None) is None:
             return
+        if self._log_model == "all" or getattr(checkpoint_callback, "save_top_k", None) == -1:
+            # These upload the file now: it must be written, not still in the background writer.
+            from magnifier.resilience import wait_for_checkpoint_writes
+
+            wait_for_checkpoint_writes()
         super().after_save_checkpoint(checkpoint_callback)
+
+    def finalize(self, status: str) -> None:
+        if self._log_model:  # log_model=true uploads the best checkpoint here
+            from magnifier.resilience import wait_for_checkpoint_writes
+
+            wait_for_checkpoint_writes()
+        super().finalize(status)
 
 
 def run_config(cfg: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -6,7 +6,10 @@ What each piece guards against:
 
 * :class:`AtomicCheckpointIO` (a Lightning CheckpointIO plugin): a kill while a checkpoint is
   written. The file is written under a temporary name, flushed to disk (fsync) and renamed over
-  the old one, so ``last.ckpt`` is always either the previous checkpoint or the new one.
+  the old one, so ``last.ckpt`` is always either the previous checkpoint or the new one. With
+  ``background=True`` (``async_checkpoints``, the default) the state is copied to host memory
+  and training goes on while a thread writes it; anything that reads the files waits for the
+  writes first (:func:`wait_for_checkpoint_writes`).
 * :class:`TimedCheckpoint`: a kill late in a long epoch. ``last.ckpt`` is also saved every
   ``train_time_interval`` within an epoch, with the clock read every few steps only.
 * :class:`CheckpointOnSignal`: SIGTERM, which SLURM sends before pre-emption or at the time
@@ -32,13 +35,17 @@ import math
 import os
 import random
 import signal
+import threading
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -86,16 +93,124 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     _fsync_dir(path.parent)
 
 
+class CheckpointWriteError(UserError):
+    """A checkpoint file could not be written (disk full, permissions, a vanished folder)."""
+
+
+def host_snapshot(checkpoint: Any) -> Any:
+    """``checkpoint`` with every tensor copied to host memory and every dict/list rebuilt: what a
+    background write may serialise while training goes on changing the weights, Adam's moments
+    and the loop counters in place. A GPU tensor's copy waits for the kernels before it, so the
+    snapshot holds the state of the step the checkpoint names."""
+    return apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().to("cpu", copy=True))
+
+
+#: Every AtomicCheckpointIO of this process, for :func:`wait_for_checkpoint_writes`.
+_WRITERS: "weakref.WeakSet[AtomicCheckpointIO]" = weakref.WeakSet()
+
+
+def wait_for_checkpoint_writes() -> None:
+    """Block until every checkpoint file this process has handed to a background writer is on
+    disk (renamed into place), and raise :class:`CheckpointWriteError` if one failed. Called
+    before anything reads the files: a resume or test load, W&B's upload, the SIGTERM exit."""
+    for writer in list(_WRITERS):
+        writer.wait()
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch checkpoint IO, with local files replaced atomically (see module doc).
-    Remote paths (``s3://`` and the like) keep Lightning's own writer."""
+    Remote paths (``s3://`` and the like) keep Lightning's own writer.
 
+    Args:
+        background: write local files in a thread: ``save_checkpoint`` takes a host copy of the
+            state (:func:`host_snapshot`) and returns, so the training loop does not wait for the
+            serialisation, the fsync and the rename (1.0 s per epoch-end ``last.ckpt`` of
+            MagnifierNet ResNet-50 with Adam's state on the H200 machine). Files are written and
+            removed in the order asked, one at a time. Loading, ``teardown`` (end of fit or
+            test, also after an exception) and :func:`wait_for_checkpoint_writes` wait for them.
+        max_pending: at most this many snapshots waiting or being written (host memory: one
+            snapshot is the size of the checkpoint); a further save waits for the oldest.
+    """
+
+    def __init__(self, background: bool = False, max_pending: int = 2) -> None:
+        super().__init__()
+        if int(max_pending) < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        self.background = bool(background)
+        self.max_pending = int(max_pending)
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: list[tuple[Future, str]] = []
+        self._error: CheckpointWriteError | None = None
+        self._lock = threading.Lock()
+        _WRITERS.add(self)
+
+    # -- the writer thread ---------------------------------------------------------------------
+    def _submit(self, what: str, fn: Callable[..., None], *args: Any) -> None:
+        for entry in [e for e in self._pending if e[0].done()]:
+            self._finish(entry)  # a write that failed since the last save is reported now
+        self._raise_failed()
+        while len(self._pending) >= self.max_pending:
+            self._finish(self._pending[0])
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._pending.append((self._executor.submit(fn, *args), what))
+
+    def _finish(self, entry: tuple[Future, str]) -> None:
+        future, what = entry
+        try:
+            future.result()
+        except Exception as err:  # noqa: BLE001 - reported as one line at the next save or wait
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            with self._lock:
+                if self._error is None:
+                    self._error = CheckpointWriteError(
+                        f"could not write checkpoint {what}: {first}; check the disk space and permissions "
+                        "of the run folder (async_checkpoints=false writes in the training loop)")
+        finally:
+            if entry in self._pending:
+                self._pending.remove(entry)
+
+    def _raise_failed(self) -> None:
+        with self._lock:
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def wait(self) -> None:
+        """Every write and removal asked so far done; raise the first that failed."""
+        while self._pending:
+            self._finish(self._pending[0])
+        self._raise_failed()
+
+    # -- CheckpointIO --------------------------------------------------------------------------
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if "://" in str(path):
+            self.wait()
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options, got {storage_options!r}")
-        atomic_torch_save(checkpoint, path)
+        if not self.background:
+            atomic_torch_save(checkpoint, path)
+            return
+        self._submit(str(path), atomic_torch_save, host_snapshot(checkpoint), path)
+
+    def remove_checkpoint(self, path) -> None:
+        if self.background and self._pending:  # after the writes asked before it (maybe of this file)
+            self._submit(f"{path} (removal)", super().remove_checkpoint, path)
+        else:
+            super().remove_checkpoint(path)
+
+    def load_checkpoint(self, path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.wait()  # the file may still be on its way (``trainer.test(ckpt_path=best)`` after fit)
+        return super().load_checkpoint(path, *args, **kwargs)
+
+    def teardown(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
 
 
 class TimedCheckpoint(ModelCheckpoint):
@@ -231,6 +346,7 @@ class CheckpointOnSignal(Callback):
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit" or trainer.sanity_checking:
             return
         trainer.save_checkpoint(self.path)
+        wait_for_checkpoint_writes()  # on disk before the message, the exit or submitit's requeue
         self.saved = self.path
         if trainer.is_global_zero:
             print(f"SIGTERM: saved {self.path} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
@@ -300,6 +416,10 @@ class StopOnNonFiniteLoss(Callback):
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
             return
+        try:  # the checkpoint named below is on disk, not still being written
+            wait_for_checkpoint_writes()
+        except CheckpointWriteError as err:
+            log.warning("%s", err)
         terms = getattr(pl_module, "last_terms", None) or {}
         named = [f"train/{k}={float(v.detach().float().sum()):g}" for k, v in terms.items()
                  if torch.is_tensor(v) and not math.isfinite(float(v.detach().float().sum()))]
