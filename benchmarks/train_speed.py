@@ -22,6 +22,11 @@
     of a step is Lightning's simple profiler's mean wait for the next batch over the step time
     those images/s give; the profiler's 25 costliest actions are kept in the JSON.
 
+(d) ``--fed-steps N``: the bare MagnifierNet step timed end to end with its batch resident on
+    the device, copied and normalised each step, and fed by the Lightning run's training
+    loader (:func:`fed_run`): splits the Lightning run's gap to (a) into the transfer, the loader
+    and Lightning itself. ``--fed-mode compile`` compiles it.
+
 ``--sync-check``: the host round trips of one MagnifierNet step (magnifier.syncs, any device) and,
 on a GPU, every call ``torch.cuda.set_sync_debug_mode`` flags (magnifier.syncs.CudaSyncWatch).
 For the Lightning loop's own, run ``python -m magnifier.train debug=syncs`` (``--lightning-args
@@ -222,8 +227,10 @@ def profile_runners(runners: dict[str, "Runner"], device: torch.device, steps: i
 MARKET_SIZED = dict(num_ids=1400, num_cams=4, images_per_cam=3, height=256, width=128, seed=0)
 
 
-def lightning_run(steps: int, data_dir: str, log_dir: str, workers: int, batch: int, extra: list[str]) -> dict:
-    """Train ``steps`` steps through ``python -m magnifier.train``; images/s and the loader's share."""
+def lightning_run(steps: int, data_dir: str, log_dir: str, workers: int, batch: int, extra: list[str],
+                  profiler: bool = True) -> dict:
+    """Train ``steps`` steps through ``python -m magnifier.train``; images/s and, with the simple
+    profiler (``profiler``; its own host work is in the figures), the loader's share."""
     import csv
     import os
     import subprocess
@@ -234,8 +241,9 @@ def lightning_run(steps: int, data_dir: str, log_dir: str, workers: int, batch: 
                  "model.backbone.pretrained=false", "dataset.height=256", "dataset.width=128",
                  f"dataset.batch_size={batch}", f"dataset.num_workers={workers}", "channels_last=true",
                  "trainer.precision=bf16-mixed", f"+trainer.max_steps={steps}", "trainer.max_epochs=1000",
-                 "trainer.check_val_every_n_epoch=1000", "test=false", "logger=csv",
-                 "+trainer.profiler=simple"]
+                 "trainer.check_val_every_n_epoch=1000", "test=false", "logger=csv"]
+    if profiler:
+        overrides.append("+trainer.profiler=simple")
     overrides += [f"dataset.synthetic.{k}={v}" for k, v in MARKET_SIZED.items()]
     if torch.cuda.is_available():
         overrides.append("trainer.gpus=1")
@@ -261,6 +269,114 @@ def lightning_run(steps: int, data_dir: str, log_dir: str, workers: int, batch: 
         wait = means["train_dataloader_next"]
         out.update(loader_wait_ms=wait, training_batch_ms=means["run_training_batch"],
                    loader_share=wait * out["images_s"] / (1e3 * batch))
+    return out
+
+
+def _synthetic_datamodule(data_dir: str, workers: int, batch: int, synthetic: dict):
+    """The training data module of the Lightning run (b) (``synthetic``: MARKET_SIZED), built
+    outside Lightning, at the synthetic images' size."""
+    import tempfile
+
+    from hydra.utils import instantiate
+
+    from magnifier.config import compose_config
+
+    overrides = [f"paths.data_dir={data_dir}", f"dataset.height={synthetic['height']}",
+                 f"dataset.width={synthetic['width']}", f"dataset.batch_size={batch}", f"dataset.num_workers={workers}",
+                 f"dataset.normalize_on_device={str(torch.cuda.is_available()).lower()}"]
+    overrides += [f"dataset.synthetic.{k}={v}" for k, v in synthetic.items()]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config("train", overrides, tmp)
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def fed_run(steps: int, data_dir: str, workers: int, batch: int, mode: str = "eager", warmup: int = 10,
+            backbone: str = "resnet50", synthetic: dict | None = None, settle: int = 3) -> dict:
+    """(d) Where the Lightning loop's time goes, without Lightning: the bare MagnifierNet step
+    (256x128, bf16-mixed, channels_last, fused Adam on CUDA; ``mode`` eager or compile) timed over
+    ``steps`` steps end to end (one synchronisation at each end, as the Lightning loop runs; the
+    rows of (a) synchronise around every step), three ways:
+
+    * ``resident``: one batch kept on the device;
+    * ``copied``: one uint8 batch in pinned host memory, copied to the device and normalised
+      there every step (``dataset.normalize_on_device``), as Lightning's batch transfer does;
+    * ``fed``: batches from the training loader of (b) (the same data module: workers, pinning
+      thread, identity sampler), copied and normalised.
+
+    ``copied - resident`` is the transfer and normalisation, ``fed - copied`` the loader (the
+    wait for a batch, and the pinning thread's and workers' competition for the host), and
+    (b) against ``fed`` what Lightning and this project's callbacks add."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    datamodule = _synthetic_datamodule(data_dir, workers, batch, synthetic or MARKET_SIZED)
+    torch.manual_seed(0)
+    model = MagnifierNet(datamodule.num_classes, backbone=backbone).to(device, memory_format=torch.channels_last)
+    criterion = ReIDLoss(**PAPER_LOSS)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3.5e-4, weight_decay=5e-4, fused=device.type == "cuda")
+    if mode == "compile":
+        compile_in_place(model, {})
+        compile_in_place(criterion, {})
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+    model.train()
+
+    def on_device(batch_: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch_.items()}
+        moved = datamodule.on_after_batch_transfer(moved, 0)
+        return moved["image"].contiguous(memory_format=torch.channels_last), moved["mask"], moved["pid"]
+
+    def train_step(images: torch.Tensor, masks: torch.Tensor, pids: torch.Tensor) -> None:
+        with autocast:
+            loss = criterion(model(images, masks), pids)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    loader = datamodule.train_dataloader()
+
+    def endless():
+        while True:
+            yield from loader
+
+    source = endless()
+    first = next(source)
+    pinned = {k: v.pin_memory() if torch.is_tensor(v) and device.type == "cuda" else v for k, v in first.items()}
+    resident = on_device(pinned)
+    host = {"next": 0.0, "transfer": 0.0}  # host time of the fed way's two parts, summed
+
+    def fed() -> None:
+        t0 = time.perf_counter()
+        batch_ = next(source)
+        t1 = time.perf_counter()
+        tensors = on_device(batch_)
+        host["next"] += t1 - t0
+        host["transfer"] += time.perf_counter() - t1
+        train_step(*tensors)
+
+    ways = {"resident": lambda: train_step(*resident), "copied": lambda: train_step(*on_device(pinned)), "fed": fed}
+    out: dict = {"mode": mode, "steps": steps, "workers": workers}
+    t0 = time.perf_counter()
+    for _ in range(warmup):  # allocation, cuDNN autotuning, compilation
+        ways["resident"]()
+    _sync(device)
+    out["warmup_s"] = time.perf_counter() - t0
+    for name, step in ways.items():
+        for _ in range(settle):  # the way's own first steps (the loader's workers starting) untimed
+            step()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        ms = 1e3 * (time.perf_counter() - t0) / steps
+        out[f"{name}_ms"], out[f"{name}_images_s"] = ms, 1e3 * batch / ms
+    out["transfer_normalise_ms"] = out["copied_ms"] - out["resident_ms"]
+    out["loader_ms"] = out["fed_ms"] - out["copied_ms"]
+    # Host time per fed step: the wait for the next batch, and the calls that queue the copy and
+    # the normalisation (on a GPU both return before the device has done the work).
+    fed_steps = steps + settle
+    out["fed_host_next_ms"], out["fed_host_transfer_ms"] = (1e3 * host[k] / fed_steps for k in ("next", "transfer"))
     return out
 
 
@@ -306,6 +422,11 @@ def main() -> None:
     p.add_argument("--log-dir", default="/tmp/train_speed_logs")
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--lightning-args", nargs="*", default=[], help="extra overrides for the Lightning run")
+    p.add_argument("--lightning-no-profiler", action="store_true",
+                   help="the Lightning run without the simple profiler (no loader share; the profiler's cost left out)")
+    p.add_argument("--fed-steps", type=int, default=0,
+                   help="(d) also time N steps of the bare MagnifierNet loop resident, copied and fed by the loader")
+    p.add_argument("--fed-mode", default="eager", choices=("eager", "compile"))
     p.add_argument("--sync-check", action="store_true",
                    help="list the host round trips of one step (and, on a GPU, every synchronising CUDA call)")
     p.add_argument("--json", default=None)
@@ -328,11 +449,18 @@ def main() -> None:
     print(f"{result['device']}; {args.backbone}, batch {args.batch}, median of {args.steps} steps")
     if args.lightning_steps:
         result["lightning"] = lightning_run(args.lightning_steps, args.data_dir, args.log_dir, args.workers, args.batch,
-                                            args.lightning_args)
+                                            args.lightning_args, profiler=not args.lightning_no_profiler)
         print("lightning loop (python -m magnifier.train, 256x128 bf16-mixed channels_last): "
               + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result["lightning"].items()
                           if k != "profiler_top"),
               flush=True)
+        save()
+    if args.fed_steps:
+        result["fed"] = fed_run(args.fed_steps, args.data_dir, args.workers, args.batch, args.fed_mode)
+        f = result["fed"]
+        print(f"bare MagnifierNet loop ({f['mode']}, 256x128 bf16 channels_last, {f['steps']} steps end to end): "
+              f"resident {f['resident_ms']:.1f} ms, copied + normalised {f['copied_ms']:.1f} ms, fed by the loader "
+              f"({f['workers']} workers) {f['fed_ms']:.1f} ms = {f['fed_images_s']:.0f} images/s", flush=True)
         save()
     if settings:
         print(f"{'setting':<30} {'baseline':>10} {'magnifier':>10} {'ratio':>6} {'mag img/s':>10} {'warm-up':>8}")
@@ -400,6 +528,10 @@ def goals(result: dict, lightning_args: list[str]) -> dict:
     images_s = result.get("lightning", {}).get("images_s")
     if bare and images_s:
         out["lightning_over_bare"] = {"value": images_s / bare["magnifier_images_s"], "bare": bare["setting"]}
+    fed = result.get("fed")
+    if fed and images_s and fed["mode"] == ("compile" if mode == "compile" else "eager"):
+        # The same comparison against (d): the bare step fed by the same loader, timed end to end.
+        out["lightning_over_fed"] = {"value": images_s / fed["fed_images_s"], "bare": f"fed loop, {fed['mode']}"}
     bf16 = [row for row in result["rows"] if ":bf16:" in row["setting"]]
     if bf16:
         best = min(bf16, key=lambda row: row["ratio"])

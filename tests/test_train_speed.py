@@ -137,3 +137,19 @@ def test_the_sync_report_is_read_back_without_the_lines_after_it(train_speed):
     assert lines == [line.strip() for line in text.splitlines()] and len(lines) >= 3
     assert lines[0].startswith("host round trips in 2 training steps")
     assert train_speed.sync_report_lines("no report here") == []
+
+
+def test_goals_compare_the_lightning_run_with_the_fed_loop_of_its_mode(train_speed):
+    fed = {"mode": "eager", "fed_images_s": 1600.0}
+    assert train_speed.goals({**RESULT, "fed": fed}, [])["lightning_over_fed"]["value"] == pytest.approx(0.9)
+    assert "lightning_over_fed" not in train_speed.goals({**RESULT, "fed": fed}, ["compile=true"])  # other mode
+
+
+def test_the_fed_loop_runs_the_three_ways_on_the_real_loader(train_speed, tmp_path):
+    """(d) on the CPU, tiny: a resident batch, a copied one and the training loader's batches."""
+    small = dict(num_ids=8, num_cams=2, images_per_cam=2, height=64, width=32, seed=0)
+    out = train_speed.fed_run(1, str(tmp_path), 0, 8, warmup=1, backbone="resnet18", synthetic=small, settle=1)
+    for way in ("resident", "copied", "fed"):
+        assert out[f"{way}_ms"] > 0 and out[f"{way}_images_s"] == pytest.approx(8e3 / out[f"{way}_ms"])
+    assert out["loader_ms"] == pytest.approx(out["fed_ms"] - out["copied_ms"])
+    assert out["transfer_normalise_ms"] == pytest.approx(out["copied_ms"] - out["resident_ms"])

@@ -392,14 +392,19 @@ class StopOnNonFiniteLoss(Callback):
         if int(check_every_n_steps) < 1:
             raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.check_every_n_steps = int(check_every_n_steps)
-        self._first_bad: torch.Tensor | None = None  # global step of the first non-finite loss, -1 if none
+        # Global step of the first non-finite loss, NO_BAD_STEP while there is none.
+        self._first_bad: torch.Tensor | None = None
+
+    #: What the recorded step holds while every loss was finite (above any real step).
+    NO_BAD_STEP = 2**62
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         if self._first_bad is None or self._first_bad.device != loss.device:
-            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
-        bad_now = ~torch.isfinite(loss.detach())
-        self._first_bad = torch.where(bad_now & (self._first_bad < 0),
-                                      torch.full_like(self._first_bad, trainer.global_step), self._first_bad)
+            self._first_bad = torch.full((), self.NO_BAD_STEP, dtype=torch.long, device=loss.device)
+        # Three kernels a step, no read: this step's number if its loss is not finite, else the
+        # sentinel, and the smaller of that and the record (steps only grow: the first stays).
+        this = torch.where(torch.isfinite(loss.detach()), self.NO_BAD_STEP, trainer.global_step)
+        self._first_bad = torch.minimum(self._first_bad, this)
         if (trainer.global_step + 1) % self.check_every_n_steps == 0:
             self._check(trainer, pl_module, loss)
 
@@ -411,7 +416,8 @@ class StopOnNonFiniteLoss(Callback):
         if self._first_bad is None:
             return
         first = int(self._first_bad)  # the one synchronisation
-        bad = first >= 0
+        bad = first != self.NO_BAD_STEP
+        first = first if bad else -1
         if trainer.world_size > 1:
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
