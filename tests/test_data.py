@@ -393,3 +393,30 @@ def test_padding_shifts_by_at_most_pad_pixels_with_zero_image_and_background_lab
     dy = {abs(s[0]) for s in shifts}
     dx = {abs(s[1]) for s in shifts}
     assert max(dy) == pad and max(dx) == pad
+
+
+@pytest.mark.parametrize("strategy", ["file_system", "file_descriptor"])
+def test_batches_from_workers_are_the_same_whatever_the_sharing_strategy(tiny_data_dir, strategy):
+    """dataset.sharing_strategy: the loader workers' batches reach this process whole, equal to
+    the batches made in this process (each sample's augmentation is seeded by its position)."""
+    before = torch.multiprocessing.get_sharing_strategy()
+    try:
+        here = _datamodule(tiny_data_dir, num_workers=0, normalize_on_device=True)
+        here.setup("fit")
+        expected = next(iter(here.train_dataloader()))
+        assert torch.multiprocessing.get_sharing_strategy() == before  # no workers: nothing set
+        dm = _datamodule(tiny_data_dir, num_workers=2, normalize_on_device=True, sharing_strategy=strategy)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        assert torch.multiprocessing.get_sharing_strategy() == strategy
+        batch = next(iter(loader))
+        for key, value in expected.items():
+            if torch.is_tensor(value):
+                assert torch.equal(batch[key], value), key
+    finally:
+        torch.multiprocessing.set_sharing_strategy(before)
+
+
+def test_a_bad_sharing_strategy_is_one_line(tiny_data_dir):
+    with pytest.raises(UserError, match="dataset.sharing_strategy='shm': use file_system or file_descriptor"):
+        _datamodule(tiny_data_dir, sharing_strategy="shm")

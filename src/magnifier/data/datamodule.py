@@ -46,6 +46,10 @@ class ReIDDataModule(pl.LightningDataModule):
             copy (:meth:`on_after_batch_transfer`): 4x fewer bytes pinned and copied, less work in
             the workers, the same numbers to rounding. ``auto`` (default): on when training on a
             CUDA device; ``true``/``false`` force it. Evaluation images are always float.
+        sharing_strategy: how loader workers hand batches to the training process
+            (``torch.multiprocessing.set_sharing_strategy``, set when loaders with workers are
+            made): ``file_system`` (default: shared memory by name, no per-tensor socket
+            handshake), ``file_descriptor`` (PyTorch's Linux default) or None (left as it is).
         use_masks: read part label maps for training (the parsing head, SRB and SFB need them).
         eval_masks: also read query/gallery label maps (for ``model.gt_masks_at_test``, analysis only).
         mask_scheme: the label set the maps are written in (``conf/masks/``: eanet, lip,
@@ -96,6 +100,7 @@ class ReIDDataModule(pl.LightningDataModule):
         train: list[str] | None = None,
         sampler_epoch: str = "pad",
         normalize_on_device: bool | str = "auto",
+        sharing_strategy: str | None = "file_system",
     ):
         super().__init__()
         self.name, self.root = name, str(root)
@@ -130,6 +135,10 @@ class ReIDDataModule(pl.LightningDataModule):
         if normalize_on_device not in (True, False, "auto"):
             raise UserError(f"dataset.normalize_on_device={normalize_on_device!r}: use auto, true or false")
         self.normalize_on_device = normalize_on_device
+        if sharing_strategy not in (None, *SHARING_STRATEGIES):
+            raise UserError(f"dataset.sharing_strategy={sharing_strategy!r}: use {' or '.join(SHARING_STRATEGIES)} "
+                            "(or null: PyTorch's default)")
+        self.sharing_strategy = sharing_strategy
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(v) for v in std)
         self.erasing_fill = erasing_fill_value(erasing_fill, self.mean)
         train_args = (height, width, True, flip_p, pad, erasing_p, self.mean, self.std, erasing_fill)
@@ -300,6 +309,16 @@ class ReIDDataModule(pl.LightningDataModule):
     # how far the epoch went, and a resumed run starts there, with the same images and
     # augmentations (each sample's augmentation is seeded from the sampler, not from the worker).
     def _loader_kwargs(self) -> dict:
+        if self.num_workers > 0 and self.sharing_strategy:
+            # How a worker hands each batch's tensors to this process. PyTorch's default on Linux
+            # (file_descriptor) passes every tensor's memory as a file descriptor over a socket,
+            # with a connection and an authentication handshake each: 7 tensors a training batch,
+            # about 4 ms of Python per batch on a 2-core CPU (benchmarks/loader_host.py), run by
+            # the training process (its pinning thread on a GPU, competing with the training
+            # thread for the interpreter). file_system names the shared memory instead, and
+            # PyTorch's torch_shm_manager removes what a killed process leaves. Loader workers
+            # are forked with this process's setting (Linux's default start method).
+            torch.multiprocessing.set_sharing_strategy(self.sharing_strategy)
         return {
             "num_workers": self.num_workers,
             "pin_memory": torch.cuda.is_available(),
@@ -352,6 +371,10 @@ class ReIDDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+
+#: ``dataset.sharing_strategy`` values (torch.multiprocessing's).
+SHARING_STRATEGIES = ("file_system", "file_descriptor")
 
 
 class ResumableLoader(DataLoader):
