@@ -80,23 +80,33 @@ def normalize_on_device(
     """uint8 images (N, 3, H, W) on any device -> float32 (N, 3, H, W), normalised as
     ``A.Normalize`` does ((x / 255 - mean) / std), then each image's erasing box (N, 4) int
     (x1, y1, x2, y2; x2 = x1 for none) filled with ``fill`` (the normalised value, see
-    :func:`erasing_fill_value`): what :func:`build_transforms` gives on the CPU, to rounding."""
+    :func:`erasing_fill_value`): what :func:`build_transforms` gives on the CPU, to rounding.
+
+    Six kernels and no copy from the host (the constants are made once per device): on a GPU the
+    training step is bound by the host, where each dispatched operation costs tens of
+    microseconds (27 operations before, 16 now: ``tests/test_device_normalize.py`` counts them).
+    """
     import torch
 
     from magnifier.tensors import device_constant
 
-    def column(values: Sequence[float]) -> torch.Tensor:  # every step: no copy from the host
-        return device_constant(tuple(float(v) for v in values), images.device, torch.float32).view(1, 3, 1, 1)
-
-    out = (images.float() / 255.0 - column(mean)) / column(std)
-    if boxes is not None:
-        boxes = boxes.to(images.device).long()
-        rows = device_constant(tuple(range(images.shape[2])), images.device).view(1, -1, 1)
-        cols = device_constant(tuple(range(images.shape[3])), images.device).view(1, 1, -1)
-        x1, y1, x2, y2 = (boxes[:, i].view(-1, 1, 1) for i in range(4))
-        inside = (rows >= y1) & (rows < y2) & (cols >= x1) & (cols < x2)  # (N, H, W)
-        out = torch.where(inside.unsqueeze(1), column(fill), out)
-    return out
+    device = images.device
+    # x * (1 / (255 std)) + (-mean / std): one kernel reads the uint8 images and writes floats.
+    scale = tuple(1.0 / (255.0 * float(s)) for s in std)
+    shift = tuple(-float(m) / float(s) for m, s in zip(mean, std))
+    out = torch.addcmul(device_constant(shift, device, torch.float32, (1, 3, 1, 1)), images,
+                        device_constant(scale, device, torch.float32, (1, 3, 1, 1)))
+    if boxes is None:
+        return out
+    height, width = images.shape[2], images.shape[3]
+    # Both axes in one pass: positions 0..L-1 against (x1, y1) and (x2, y2), (N, 2, L).
+    length = max(height, width)
+    positions = device_constant(tuple(range(length)) * 2, device, boxes.dtype, (1, 2, length))
+    boxes = boxes.to(device)
+    within = (positions >= boxes[:, :2, None]) & (positions < boxes[:, 2:, None])
+    inside = within[:, 1, :height, None] & within[:, 0, None, :width]  # (N, H, W): row and column inside
+    return torch.where(inside[:, None], device_constant(tuple(float(f) for f in fill), device, torch.float32,
+                                                        (1, 3, 1, 1)), out)
 
 
 def erasing_fill_value(
