@@ -420,3 +420,14 @@ def test_batches_from_workers_are_the_same_whatever_the_sharing_strategy(tiny_da
 def test_a_bad_sharing_strategy_is_one_line(tiny_data_dir):
     with pytest.raises(UserError, match="dataset.sharing_strategy='shm': use file_system or file_descriptor"):
         _datamodule(tiny_data_dir, sharing_strategy="shm")
+
+
+def test_prefetch_factor_reaches_the_loaders_with_workers(tiny_data_dir):
+    dm = _datamodule(tiny_data_dir, num_workers=1, prefetch_factor=4, sharing_strategy=None)
+    dm.setup("fit")
+    assert dm.train_dataloader().prefetch_factor == 4 and dm.val_dataloader().prefetch_factor == 4
+    plain = _datamodule(tiny_data_dir, num_workers=0, prefetch_factor=4)  # no workers: nothing to prefetch
+    plain.setup("fit")
+    assert plain.train_dataloader().prefetch_factor is None
+    with pytest.raises(UserError, match=r"dataset.prefetch_factor=0: use a whole number >= 1"):
+        _datamodule(tiny_data_dir, prefetch_factor=0)

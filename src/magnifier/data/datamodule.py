@@ -50,6 +50,8 @@ class ReIDDataModule(pl.LightningDataModule):
             (``torch.multiprocessing.set_sharing_strategy``, set when loaders with workers are
             made): ``file_system`` (default: shared memory by name, no per-tensor socket
             handshake), ``file_descriptor`` (PyTorch's Linux default) or None (left as it is).
+        prefetch_factor: batches each loader worker keeps ready (None: PyTorch's 2); with N
+            workers, N x prefetch_factor batches wait in memory (pinned on a GPU).
         use_masks: read part label maps for training (the parsing head, SRB and SFB need them).
         eval_masks: also read query/gallery label maps (for ``model.gt_masks_at_test``, analysis only).
         mask_scheme: the label set the maps are written in (``conf/masks/``: eanet, lip,
@@ -101,6 +103,7 @@ class ReIDDataModule(pl.LightningDataModule):
         sampler_epoch: str = "pad",
         normalize_on_device: bool | str = "auto",
         sharing_strategy: str | None = "file_system",
+        prefetch_factor: int | None = None,
     ):
         super().__init__()
         self.name, self.root = name, str(root)
@@ -139,6 +142,11 @@ class ReIDDataModule(pl.LightningDataModule):
             raise UserError(f"dataset.sharing_strategy={sharing_strategy!r}: use {' or '.join(SHARING_STRATEGIES)} "
                             "(or null: PyTorch's default)")
         self.sharing_strategy = sharing_strategy
+        if prefetch_factor is not None and (isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int)
+                                            or prefetch_factor < 1):
+            raise UserError(f"dataset.prefetch_factor={prefetch_factor!r}: use a whole number >= 1 (batches each "
+                            "loader worker keeps ready) or null (PyTorch's 2)")
+        self.prefetch_factor = prefetch_factor
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(v) for v in std)
         self.erasing_fill = erasing_fill_value(erasing_fill, self.mean)
         train_args = (height, width, True, flip_p, pad, erasing_p, self.mean, self.std, erasing_fill)
@@ -319,11 +327,14 @@ class ReIDDataModule(pl.LightningDataModule):
             # PyTorch's torch_shm_manager removes what a killed process leaves. Loader workers
             # are forked with this process's setting (Linux's default start method).
             torch.multiprocessing.set_sharing_strategy(self.sharing_strategy)
-        return {
+        kwargs = {
             "num_workers": self.num_workers,
             "pin_memory": torch.cuda.is_available(),
             "persistent_workers": self.num_workers > 0,
         }
+        if self.num_workers > 0 and self.prefetch_factor is not None:  # PyTorch refuses it without workers
+            kwargs["prefetch_factor"] = self.prefetch_factor
+        return kwargs
 
     def _normalizes_on_device(self) -> bool:
         if self.normalize_on_device != "auto":
