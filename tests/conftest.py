@@ -107,3 +107,25 @@ def fit_tiny_steps(data_dir: Path, root: Path, overrides: list[str] = (), steps:
     trainer = pl.Trainer(**{**kwargs, **(trainer_kwargs or {})})
     trainer.fit(module, datamodule=datamodule)
     return seen.losses, seen.dtypes, module, datamodule
+
+
+class DispatchedOps:
+    """``with DispatchedOps() as ops:``: the ATen operations dispatched inside, by name
+    (``ops.names``). On a GPU each is host time of a host-bound training step."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        names = self.names = []
+
+        class _Record(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                names.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        self._mode = _Record()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)

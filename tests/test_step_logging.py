@@ -11,7 +11,7 @@ import torch
 
 from magnifier.monitor import WindowSum
 
-from .conftest import fit_tiny_steps
+from .conftest import DispatchedOps, fit_tiny_steps
 
 
 def test_window_sum_adds_steps_and_starts_again():
@@ -27,6 +27,22 @@ def test_window_sum_adds_steps_and_starts_again():
     window.add({"loss": torch.tensor(2.0), "bad_images": torch.tensor(1)})  # other names: the window restarts
     sums, steps = window.pop()
     assert steps == 1 and sums["loss"].item() == 2.0 and sums["bad_images"].item() == 1.0
+
+
+def test_window_sum_adds_a_step_in_few_operations():
+    """A step's 12 values cost one stack and one add (and nothing of autograd's), not a detach,
+    reshape and cast each: on a GPU every dispatched operation is host time."""
+    weight = torch.ones((), requires_grad=True)
+    values = {f"term{i}": weight * i for i in range(11)}
+    values["bad_images"] = torch.tensor(2)  # an integer count among the float losses
+    window = WindowSum()
+    window.add(values)
+    with DispatchedOps() as count:
+        window.add(values)
+    assert len(count.names) <= 3, count.names
+    sums, steps = window.pop()
+    assert steps == 2 and not sums["term3"].requires_grad and sums["term3"].item() == 6.0
+    assert sums["bad_images"].item() == 4.0 and sums["bad_images"].dtype == torch.float32
 
 
 def test_logged_training_values_are_the_means_of_their_window(tiny_data_dir, tmp_path):

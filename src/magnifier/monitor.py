@@ -89,7 +89,13 @@ class WindowSum:
         self.steps = 0
 
     def add(self, values: dict[str, torch.Tensor]) -> None:
-        stacked = torch.stack([v.detach().reshape(()).float() for v in values.values()])
+        # One stack (it promotes mixed dtypes) outside autograd, not a detach, reshape and cast
+        # per value: on a GPU each dispatched operation is host time of a host-bound step.
+        with torch.no_grad():
+            try:
+                stacked = torch.stack(tuple(values.values())).float()
+            except RuntimeError:  # a value that is not 0-d
+                stacked = torch.stack([v.reshape(()).float() for v in values.values()])
         if tuple(values) != self.names or self.total is None:  # other values: a new window
             self.names, self.total, self.steps = tuple(values), stacked, 1
         else:
