@@ -119,6 +119,22 @@ def test_sigkill_during_saves_never_leaves_a_broken_file(tmp_path):
     assert mid_write > 0, "no kill landed during a write: the test did not test anything"
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_the_nan_guard_records_the_first_non_finite_step_without_a_read(bad):
+    from types import SimpleNamespace
+
+    from magnifier.resilience import StopOnNonFiniteLoss
+
+    guard = StopOnNonFiniteLoss(check_every_n_steps=1000)  # recorded only, never read here
+    for step, value in enumerate([1.0, 2.0, bad, 3.0, bad, 1e30]):
+        guard.on_before_backward(SimpleNamespace(global_step=step), None, torch.tensor(value, requires_grad=True) * 1)
+    assert int(guard._first_bad) == 2
+    clean = StopOnNonFiniteLoss(check_every_n_steps=1000)
+    for step in range(3):
+        clean.on_before_backward(SimpleNamespace(global_step=step), None, torch.tensor(3.0e38) * 1)
+    assert int(clean._first_bad) == StopOnNonFiniteLoss.NO_BAD_STEP  # large but finite
+
+
 def test_resume_resolution(tmp_path):
     logs = tmp_path / "logs" / "train"
     old = logs / "runs" / "a"

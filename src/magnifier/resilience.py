@@ -401,9 +401,12 @@ class StopOnNonFiniteLoss(Callback):
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         if self._first_bad is None or self._first_bad.device != loss.device:
             self._first_bad = torch.full((), self.NO_BAD_STEP, dtype=torch.long, device=loss.device)
-        # Three kernels a step, no read: this step's number if its loss is not finite, else the
-        # sentinel, and the smaller of that and the record (steps only grow: the first stays).
-        this = torch.where(torch.isfinite(loss.detach()), self.NO_BAD_STEP, trainer.global_step)
+        # Four kernels a step, no read: x - x is 0 exactly when x is finite (inf - inf and NaN
+        # give NaN; torch.isfinite is four operations itself); this step's number where the
+        # loss is not finite, else the sentinel; the smaller of that and the record (steps only
+        # grow: the first stays).
+        value = loss.detach()
+        this = torch.where((value - value) == 0, self.NO_BAD_STEP, trainer.global_step)
         self._first_bad = torch.minimum(self._first_bad, this)
         if (trainer.global_step + 1) % self.check_every_n_steps == 0:
             self._check(trainer, pl_module, loss)
