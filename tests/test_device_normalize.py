@@ -53,7 +53,7 @@ def test_normalize_on_device_on_hand_made_boxes():
 
 def test_normalize_on_device_dispatches_few_operations():
     """Each dispatched operation is host time on a GPU, where the step is bound by the host: the
-    normalisation and erasing run as 6 kernels (13 operations with the views), 27 before."""
+    normalisation and erasing run as 6 kernels (15 operations with the views), 27 before."""
     images = torch.randint(0, 256, (4, 3, 64, 32), dtype=torch.uint8)
     boxes = torch.tensor([[2, 3, 20, 40]] * 4, dtype=torch.int32)
     normalize_on_device(images, boxes, IMAGENET_MEAN, IMAGENET_STD, IMAGENET_MEAN)  # the constants, once
@@ -61,7 +61,7 @@ def test_normalize_on_device_dispatches_few_operations():
         normalize_on_device(images, boxes, IMAGENET_MEAN, IMAGENET_STD, IMAGENET_MEAN)
     views = {"aten.slice.Tensor", "aten.select.int", "aten.unsqueeze.default", "aten.view.default", "aten.unbind.int"}
     kernels = [op for op in count.names if op not in views]
-    assert len(count.names) <= 13 and len(kernels) <= 6, count.names
+    assert len(count.names) <= 15 and len(kernels) <= 6, count.names
     assert not any("_to_copy" in op or "lift_fresh" in op for op in count.names)  # no copy, no constant made
 
 

@@ -11,6 +11,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from magnifier.errors import UserError
 
+from . import packing
 from .dataset import MissingAttributesError, ReIDImageDataset, unreadable_files
 from .files import label_map_problems
 from .datasets import ReIDData, combine_train, load_dataset
@@ -352,7 +353,8 @@ class ReIDDataModule(pl.LightningDataModule):
         return ResumableLoader(
             self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
             consumed=self._batches_consumed, generator=torch.Generator().manual_seed(self.seed or 0),
-            **self._loader_kwargs(),
+            # uint8 batches go to the device as 2 tensors, not 7 (magnifier.data.packing)
+            collate_fn=packing.collate if on_device else None, **self._loader_kwargs(),
         )
 
     def _batches_consumed(self) -> int:
@@ -364,8 +366,11 @@ class ReIDDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Training batches of uint8 images and part labels (``normalize_on_device``), now on the
-        training device: images normalised with their erasing boxes filled
-        (:func:`normalize_on_device`), labels made long as the model indexes with them."""
+        training device: unpacked (:func:`magnifier.data.packing.unpack`), images normalised with
+        their erasing boxes filled (:func:`normalize_on_device`), labels made long as the model
+        indexes with them."""
+        if isinstance(batch, dict):
+            batch = packing.unpack(batch)
         if isinstance(batch, dict) and torch.is_tensor(batch.get("image")) and batch["image"].dtype == torch.uint8:
             batch["image"] = normalize_on_device(batch["image"], batch.pop("erase", None), self.mean, self.std,
                                                  self.erasing_fill)

@@ -84,7 +84,7 @@ def normalize_on_device(
 
     Six kernels and no copy from the host (the constants are made once per device): on a GPU the
     training step is bound by the host, where each dispatched operation costs tens of
-    microseconds (27 operations before, 13 now: ``tests/test_device_normalize.py`` counts them).
+    microseconds (27 operations before, 15 now: ``tests/test_device_normalize.py`` counts them).
     """
     import torch
 
@@ -102,7 +102,8 @@ def normalize_on_device(
     # Both axes in one pass: positions 0..L-1 against (x1, y1) and (x2, y2), (N, 2, L).
     length = max(height, width)
     positions = device_constant(tuple(range(length)) * 2, device, boxes.dtype, (1, 2, length))
-    low, high = boxes.to(device).view(-1, 2, 2, 1).unbind(1)  # (N, 2, 1) each: (x1, y1), (x2, y2)
+    boxes = boxes.to(device)  # (N, 4), maybe a strided view (magnifier.data.packing)
+    low, high = boxes[:, :2, None], boxes[:, 2:, None]  # (N, 2, 1) each: (x1, y1), (x2, y2)
     cols, rows = ((positions >= low) & (positions < high)).unbind(1)  # (N, L) each
     inside = rows[:, :height, None] & cols[:, None, :width]  # (N, H, W): row and column inside
     return torch.where(inside[:, None], device_constant(tuple(float(f) for f in fill), device, torch.float32,
