@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,28 +93,32 @@ def test_a_save_waits_when_max_pending_snapshots_are_queued(tmp_path, gate):
     assert torch.load(tmp_path / "b.ckpt", weights_only=True) == {"n": 2}
 
 
-def test_a_failed_background_write_is_one_line_at_the_next_save(tmp_path):
+def _unwritable(tmp_path) -> Path:
+    """A checkpoint path whose folder is a file: the writer thread's makedirs fails."""
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the checkpoint folder should be")
+    return blocker / "last.ckpt"
+
+
+def test_a_failed_background_write_is_one_line_at_the_next_save(tmp_path):
+    path = _unwritable(tmp_path)
     io = AtomicCheckpointIO(background=True)
-    io.save_checkpoint({"n": 1}, blocker / "last.ckpt")  # returns: the thread finds the problem
+    io.save_checkpoint({"n": 1}, path)  # returns: the thread finds the problem
     deadline = time.time() + 30
     while io._pending and not io._pending[0][0].done() and time.time() < deadline:
         time.sleep(0.01)
     with pytest.raises(CheckpointWriteError) as err:
         io.save_checkpoint({"n": 2}, tmp_path / "last.ckpt")
     message = str(err.value)
-    assert "\n" not in message and str(blocker / "last.ckpt") in message and "async_checkpoints=false" in message
+    assert "\n" not in message and str(path) in message and "async_checkpoints=false" in message
     io.save_checkpoint({"n": 3}, tmp_path / "last.ckpt")  # reported once; later saves go on
     io.teardown()
     assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"n": 3}
 
 
 def test_teardown_raises_a_failure_no_save_reported(tmp_path):
-    blocker = tmp_path / "f"
-    blocker.write_text("")
     io = AtomicCheckpointIO(background=True)
-    io.save_checkpoint({"n": 1}, blocker / "last.ckpt")
+    io.save_checkpoint({"n": 1}, _unwritable(tmp_path))
     with pytest.raises(CheckpointWriteError):
         io.teardown()  # end of fit: the run does not end as if its checkpoint were there
     io.save_checkpoint({"n": 2}, tmp_path / "again.ckpt")  # a later fit or test starts a new thread
@@ -146,3 +151,23 @@ def test_a_bad_async_checkpoints_value_is_one_line():
 
     with pytest.raises(UserError, match="async_checkpoints=sometimes: use true, false or auto"):
         _async_checkpoints("sometimes", {})
+
+
+@pytest.mark.parametrize("log_model, save_top_k, waits", [
+    (False, -1, False), (False, 1, False), (True, 1, False), (True, -1, True), ("all", 1, True),
+])
+def test_wandb_waits_for_the_writer_only_where_it_uploads_at_once(monkeypatch, log_model, save_top_k, waits):
+    """W&B uploads a checkpoint at its save with log_model=all (or true and save_top_k=-1), else at
+    the end of fit; only then does the upload wait for the background writer."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
+
+    from magnifier.loggers import WandbLogger
+
+    calls = []
+    monkeypatch.setattr(resilience, "wait_for_checkpoint_writes", lambda: calls.append(1))
+    monkeypatch.setattr(LightningWandbLogger, "after_save_checkpoint", lambda self, cb: None)  # no upload here
+    logger = WandbLogger(offline=True, log_model=log_model)
+    logger.after_save_checkpoint(SimpleNamespace(monitor="val/mAP", save_top_k=save_top_k))
+    assert bool(calls) is waits

@@ -83,8 +83,9 @@ class WandbLogger(_LightningWandbLogger):
         # (last.ckpt) would otherwise take the artifact's "best" alias.
         if self._log_model is True and getattr(checkpoint_callback, "monitor", None) is None:
             return
-        if self._log_model == "all" or getattr(checkpoint_callback, "save_top_k", None) == -1:
-            # These upload the file now: it must be written, not still in the background writer.
+        if self._log_model == "all" or (self._log_model is True and checkpoint_callback.save_top_k == -1):
+            # Lightning uploads the file now (else at finalize): it must be written, not still in
+            # the background writer.
             from magnifier.resilience import wait_for_checkpoint_writes
 
             wait_for_checkpoint_writes()

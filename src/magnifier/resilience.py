@@ -7,9 +7,9 @@ What each piece guards against:
 * :class:`AtomicCheckpointIO` (a Lightning CheckpointIO plugin): a kill while a checkpoint is
   written. The file is written under a temporary name, flushed to disk (fsync) and renamed over
   the old one, so ``last.ckpt`` is always either the previous checkpoint or the new one. With
-  ``background=True`` (``async_checkpoints``, the default) the state is copied to host memory
-  and training goes on while a thread writes it; anything that reads the files waits for the
-  writes first (:func:`wait_for_checkpoint_writes`).
+  ``background=True`` (``async_checkpoints``, on by default when training on a GPU) the state
+  is copied to host memory and training goes on while a thread writes it; anything that reads
+  the files waits for the writes first (:func:`wait_for_checkpoint_writes`).
 * :class:`TimedCheckpoint`: a kill late in a long epoch. ``last.ckpt`` is also saved every
   ``train_time_interval`` within an epoch, with the clock read every few steps only.
 * :class:`CheckpointOnSignal`: SIGTERM, which SLURM sends before pre-emption or at the time
@@ -35,7 +35,6 @@ import math
 import os
 import random
 import signal
-import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -140,8 +139,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.max_pending = int(max_pending)
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[tuple[Future, str]] = []
-        self._error: CheckpointWriteError | None = None
-        self._lock = threading.Lock()
+        self._error: CheckpointWriteError | None = None  # set and read by the training thread only
         _WRITERS.add(self)
 
     # -- the writer thread ---------------------------------------------------------------------
@@ -161,18 +159,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             future.result()
         except Exception as err:  # noqa: BLE001 - reported as one line at the next save or wait
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            with self._lock:
-                if self._error is None:
-                    self._error = CheckpointWriteError(
-                        f"could not write checkpoint {what}: {first}; check the disk space and permissions "
-                        "of the run folder (async_checkpoints=false writes in the training loop)")
+            if self._error is None:
+                self._error = CheckpointWriteError(
+                    f"could not write checkpoint {what}: {first}; check the disk space and permissions "
+                    "of the run folder (async_checkpoints=false writes in the training loop)")
         finally:
             if entry in self._pending:
                 self._pending.remove(entry)
 
     def _raise_failed(self) -> None:
-        with self._lock:
-            error, self._error = self._error, None
+        error, self._error = self._error, None
         if error is not None:
             raise error
 

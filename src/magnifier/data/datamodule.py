@@ -321,10 +321,10 @@ class ReIDDataModule(pl.LightningDataModule):
         if self.num_workers > 0 and self.sharing_strategy:
             # How a worker hands each batch's tensors to this process. PyTorch's default on Linux
             # (file_descriptor) passes every tensor's memory as a file descriptor over a socket,
-            # with a connection and an authentication handshake each: 7 tensors a training batch,
-            # about 4 ms of Python per batch on a 2-core CPU (benchmarks/loader_host.py), run by
-            # the training process (its pinning thread on a GPU, competing with the training
-            # thread for the interpreter). file_system names the shared memory instead, and
+            # with a connection and an authentication handshake each, in the training process
+            # (its pinning thread on a GPU, competing with the training thread for the
+            # interpreter): benchmarks/loader_host.py, 8.85 ms against 5.98 ms a batch of 7
+            # tensors on a 2-core CPU. file_system names the shared memory instead, and
             # PyTorch's torch_shm_manager removes what a killed process leaves. Loader workers
             # are forked with this process's setting (Linux's default start method).
             torch.multiprocessing.set_sharing_strategy(self.sharing_strategy)
