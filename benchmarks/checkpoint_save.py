@@ -42,14 +42,14 @@ from throughput import machine  # noqa: E402
 from train_speed import profiler_actions  # noqa: E402
 
 
-def trained_state(backbone: str) -> dict:
+def trained_state(backbone: str, device: torch.device) -> dict:
     """A checkpoint laid out as Lightning's (state_dict, optimizer_states, loop counters) for
-    MagnifierNet with Adam's moments after one step."""
+    MagnifierNet with Adam's moments after one step, its tensors on ``device``."""
     torch.manual_seed(0)
-    net = MagnifierNet(751, backbone=backbone)
+    net = MagnifierNet(751, backbone=backbone).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=3.5e-4, weight_decay=5e-4)
-    images, masks = torch.randn(8, 3, 64, 32), torch.randint(0, 8, (8, 64, 32))
-    pids = torch.arange(2).repeat_interleave(4)
+    images, masks = torch.randn(8, 3, 64, 32, device=device), torch.randint(0, 8, (8, 64, 32), device=device)
+    pids = torch.arange(2, device=device).repeat_interleave(4)
     loss = ReIDLoss()(net(images, masks), pids)["loss"]
     loss.backward()
     opt.step()
@@ -84,26 +84,37 @@ def time_plugin(checkpoint: dict, folder: Path, repeats: int) -> dict:
             "file_mb": (folder / "last.ckpt").stat().st_size / 2**20}
 
 
-def steps_during_write(checkpoint: dict, folder: Path, steps: int) -> dict:
-    """Median step of a small training loop (ResNet-18 baseline, batch 16, 128x64) with no write,
-    and while background writes of ``checkpoint`` run one after another."""
+def steps_during_write(checkpoint: dict, folder: Path, steps: int, device: torch.device) -> dict:
+    """Median step of a training loop with no write, and while background writes of
+    ``checkpoint`` run one after another. On the CPU a small loop (ResNet-18 baseline, batch 16,
+    128x64); on a GPU the issue's step (ResNet-50 baseline, batch 64, 256x128, bf16 autocast,
+    channels_last, fused Adam), synchronised at the end of each step."""
     from magnifier.models import Baseline
 
     torch.manual_seed(0)
-    net = Baseline(100, backbone="resnet18")
-    opt = torch.optim.Adam(net.parameters())
-    images, pids = torch.randn(16, 3, 128, 64), torch.arange(4).repeat_interleave(4)
+    cuda = device.type == "cuda"
+    net = Baseline(751 if cuda else 100, backbone="resnet50" if cuda else "resnet18").to(device)
+    opt = torch.optim.Adam(net.parameters(), **({"fused": True} if cuda else {}))
+    batch, size = (64, (256, 128)) if cuda else (16, (128, 64))
+    images = torch.randn(batch, 3, *size, device=device)
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    pids = torch.arange(batch // 4, device=device).repeat_interleave(4)
     criterion = ReIDLoss()
 
     def step() -> float:
         t0 = time.perf_counter()
-        loss = criterion(net(images), pids)["loss"]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = criterion(net(images), pids)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if cuda:
+            torch.cuda.synchronize(device)
         return time.perf_counter() - t0
 
-    for _ in range(3):
+    for _ in range(5 if cuda else 3):  # cudnn's autotuning, allocations
         step()
     quiet = [step() for _ in range(steps)]
     io = AtomicCheckpointIO(background=True, max_pending=1)
@@ -157,19 +168,24 @@ def main() -> None:
     p.add_argument("--train-epochs", type=int, default=4, help="epochs of each real run (0: skip)")
     p.add_argument("--json")
     args = p.parse_args()
-    result = {"machine": machine(), "backbone": args.backbone}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = {"machine": machine(), "backbone": args.backbone, "device": str(device)}
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        checkpoint = trained_state(args.backbone)
+        checkpoint = trained_state(args.backbone, device)
         result["tensor_mb"] = bytes_of(checkpoint) / 2**20
         result["plugin"] = time_plugin(checkpoint, folder, args.repeats)
-        print(f"{machine()}\nMagnifierNet {args.backbone} + Adam: {result['plugin']['file_mb']:.0f} MB file")
+        gpu = f", {result['gpu']}" if "gpu" in result else ""
+        print(f"{machine()}{gpu}\nMagnifierNet {args.backbone} + Adam: {result['plugin']['file_mb']:.0f} MB file")
         pl = result["plugin"]
         print(f"  save in the loop:         {pl['foreground_s'] * 1e3:8.0f} ms (median of {args.repeats})")
         print(f"  background, call returns: {pl['background_call_s'] * 1e3:8.0f} ms (host copy); "
               f"written after {pl['background_until_written_s'] * 1e3:.0f} ms")
-        result["contention"] = c = steps_during_write(checkpoint, folder, args.steps)
-        print(f"  small loop's step: {c['step_s_no_write'] * 1e3:.0f} ms with no write, "
+        result["contention"] = c = steps_during_write(checkpoint, folder, args.steps, device)
+        loop = "the GPU training" if device.type == "cuda" else "a small loop"
+        print(f"  {loop}'s step: {c['step_s_no_write'] * 1e3:.0f} ms with no write, "
               f"{c['step_s_during_writes'] * 1e3:.0f} ms during background writes ({c['slowdown']:.2f}x)")
         if args.train_epochs:
             result["train"] = {}
