@@ -112,3 +112,29 @@ def test_compiled_training_under_two_process_ddp(tiny_data_dir, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "torch.compile: 0 graph breaks" in run.stdout and "recompiled" not in run.stdout, run.stdout[-3000:]
     assert "rank1" in run.stdout  # the test table
+
+
+def test_compiled_eval_step_keeps_its_own_copy_of_the_features():
+    """Under CUDA graphs the network's output lives in the graph's memory pool and the next
+    batch's replay overwrites it, while the metric keeps every batch's features until the epoch
+    ends: a compiled module hands the metric a copy (an eager one need not)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from magnifier.evaluation import ReIDMetric
+    from magnifier.module import ReIDModule
+
+    out = torch.randn(4, 8)
+    batch = {"image": torch.zeros(4, 3, 8, 4), "pid": torch.arange(4), "camid": torch.zeros(4, dtype=torch.long),
+             "is_query": torch.tensor([True, False, False, False]), "index": torch.arange(4)}
+    for compiled in (False, True):
+        metric = ReIDMetric()
+        module = SimpleNamespace(net=lambda images, masks: out, _images=lambda b: b["image"], _compiled=compiled)
+        ReIDModule._eval_step(module, metric, batch)
+        stored = metric.features[-1]
+        assert torch.equal(stored, out)
+        shares = stored.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
+        assert shares is not compiled  # eager stores the output itself; compiled, a copy
+        out.add_(1)  # what a replay would do to the pool
+        assert torch.equal(stored, out) is not compiled

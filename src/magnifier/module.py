@@ -219,6 +219,11 @@ class ReIDModule(pl.LightningModule):
     # -- evaluation ---------------------------------------------------------------------------
     def _eval_step(self, metric, batch: dict[str, Any]) -> None:
         features = self.net(self._images(batch), batch.get("mask"))
+        if self._compiled:
+            # With CUDA graphs (compile=reduce-overhead, or cudagraphs in the options) an output
+            # lives in the graph's memory pool, which the next batch's replay overwrites; the
+            # metric keeps every batch's features until the epoch ends, so it gets its own copy.
+            features = features.clone()
         metric.update(features, batch["pid"], batch["camid"], batch["is_query"], batch["index"])
 
     def _eval_epoch_end(self, metric, prefix: str) -> None:
