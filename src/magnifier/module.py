@@ -66,8 +66,8 @@ def optimizer_implementation(choice: str, params: list[torch.Tensor]) -> str:
     """``fused``, ``foreach`` or ``default`` (PyTorch's own choice) for ``optim.implementation``.
 
     ``auto``: the fused kernel when every parameter is on a CUDA device (one kernel for the whole
-    update instead of a few per parameter group; README "Training speed on a GPU" has the
-    measured rows), ``foreach`` otherwise (the CPU).
+    update instead of a few per parameter group; docs/gpu_speed.md has the measured rows),
+    ``foreach`` otherwise (the CPU).
     """
     if choice not in OPTIMIZER_IMPLEMENTATIONS:
         from magnifier.errors import UserError
