@@ -64,14 +64,17 @@ def _fit(data_dir, tmp_path, compile) -> tuple[list[float], dict]:
 
 
 def _compare(eager, compiled, rtol: float) -> None:
-    """The first step's loss to rounding (same weights, same random regions); the later ones
-    within ``rtol``. Weights are not compared element-wise: Adam's first updates are about
-    lr * sign(gradient), so a rounding-sized change of a near-zero gradient moves a weight by a
-    whole step."""
+    """The first step's loss to rounding (same weights, same random regions); the second within
+    ``rtol`` (one Adam update apart); the third within 1e-3. Weights are not compared
+    element-wise: Adam's first updates are about lr * sign(gradient), so a rounding-sized change
+    of a near-zero gradient moves a weight by a whole step, and by the third step such moves add
+    up (aot_eager against eager on one CPU: 3e-7 relative at the second step, 2.5e-5 at the
+    third)."""
     (loss_e, state_e), (loss_c, state_c) = eager, compiled
     assert len(loss_e) == len(loss_c) == 3
     assert loss_c[0] == pytest.approx(loss_e[0], rel=1e-5)
-    assert loss_c == pytest.approx(loss_e, rel=rtol)
+    assert loss_c[1] == pytest.approx(loss_e[1], rel=rtol)
+    assert loss_c[2] == pytest.approx(loss_e[2], rel=max(rtol, 1e-3))
     assert state_c.keys() == state_e.keys()  # compiled in place: checkpoints keep their keys
 
 
