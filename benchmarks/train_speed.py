@@ -163,19 +163,24 @@ def time_setting(setting: Setting, device: torch.device, backbone: str, batch: i
 
 
 def sync_check(setting: Setting, device: torch.device, backbone: str, batch: int) -> dict:
-    """The host round trips of one MagnifierNet training step (forward, loss, backward, Adam):
-    the operations that read a device value back (magnifier.syncs.HostSyncAudit, any device),
-    and on a GPU also every synchronising CUDA call, copies included
-    (``torch.cuda.set_sync_debug_mode("warn")``): their counts and where."""
+    """The host round trips of one MagnifierNet training step (forward, loss, backward, Adam) in
+    ``setting``: the operations that read a device value back (magnifier.syncs.HostSyncAudit,
+    any device; eager settings only, since a dispatch mode would change what a compiled step
+    runs: ``reads`` is None there), and on a GPU also every synchronising CUDA call, copies
+    included (``torch.cuda.set_sync_debug_mode("warn")``, which sees compiled code too): their
+    counts and where."""
     from magnifier.syncs import CudaSyncWatch, HostSyncAudit
 
     runner = Runner("magnifier", setting, device, backbone, batch)
-    runner.step()
-    _sync(device)
-    with HostSyncAudit() as audit:
+    for _ in range(1 if setting.mode == "eager" else 3):  # compiled: compilation and CUDA graph recording
         runner.step()
     _sync(device)
-    out = {"reads": len(audit.device_syncs()), "reads_where": sorted({e.where for e in audit.device_syncs()})}
+    out: dict = {"setting": str(setting), "reads": None, "reads_where": []}
+    if setting.mode == "eager":
+        with HostSyncAudit() as audit:
+            runner.step()
+        _sync(device)
+        out.update(reads=len(audit.device_syncs()), reads_where=sorted({e.where for e in audit.device_syncs()}))
     if device.type != "cuda":
         return out
     with CudaSyncWatch() as watch:
@@ -427,8 +432,10 @@ def main() -> None:
     p.add_argument("--fed-steps", type=int, default=0,
                    help="(d) also time N steps of the bare MagnifierNet loop resident, copied and fed by the loader")
     p.add_argument("--fed-mode", default="eager", choices=("eager", "compile"))
-    p.add_argument("--sync-check", action="store_true",
-                   help="list the host round trips of one step (and, on a GPU, every synchronising CUDA call)")
+    p.add_argument("--sync-check", nargs="?", const="auto", default=None, metavar="SETTING",
+                   help="list the host round trips of one step (and, on a GPU, every synchronising CUDA call) in "
+                        "SETTING (default: the first eager setting profiled); a compiled setting gets the CUDA "
+                        "calls only")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -486,7 +493,8 @@ def main() -> None:
         standalone = []
         if args.sync_check and "sync_check" not in result:
             eager_targets = [t for t in targets if Setting.parse(t).mode == "eager"]
-            setting = Setting.parse(eager_targets[0] if eager_targets else "256x128:bf16:eager:fused")
+            auto = eager_targets[0] if eager_targets else "256x128:bf16:eager:fused"
+            setting = Setting.parse(auto if args.sync_check == "auto" else args.sync_check)
             result["sync_check"] = sync_check(setting, device, args.backbone, args.batch)
             print(f"host round trips in one MagnifierNet step ({setting}): "
                   + json.dumps({k: v for k, v in result["sync_check"].items() if k != "stacks"}), flush=True)

@@ -153,3 +153,21 @@ def test_the_fed_loop_runs_the_three_ways_on_the_real_loader(train_speed, tmp_pa
         assert out[f"{way}_ms"] > 0 and out[f"{way}_images_s"] == pytest.approx(8e3 / out[f"{way}_ms"])
     assert out["loader_ms"] == pytest.approx(out["fed_ms"] - out["copied_ms"])
     assert out["transfer_normalise_ms"] == pytest.approx(out["copied_ms"] - out["resident_ms"])
+
+
+def test_the_sync_check_takes_a_compiled_setting(train_speed, monkeypatch):
+    """``--sync-check SETTING`` with a compiled setting: the step is warmed up (compiled) and no
+    dispatch-mode audit runs over compiled code (``reads`` None); on a GPU the CUDA calls would
+    be listed. Dynamo's ``eager`` backend here, to keep the test fast; an eager setting still
+    gets its reads counted."""
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(train_speed, "compile_in_place",
+                        lambda module, options: compiled.append(options) or module.compile(backend="eager"))
+    cpu = torch.device("cpu")
+    out = train_speed.sync_check(train_speed.Setting.parse("64x32:fp32:compile:fused"), cpu, "resnet18", 8)
+    assert out == {"setting": "64x32:fp32:compile:fused", "reads": None, "reads_where": []}
+    assert compiled == [{}, {}]  # the network and the loss
+    out = train_speed.sync_check(train_speed.Setting.parse("64x32:fp32:eager:fused"), cpu, "resnet18", 8)
+    assert out["reads"] == 0 and out["setting"] == "64x32:fp32:eager:fused"
