@@ -234,8 +234,10 @@ MARKET_SIZED = dict(num_ids=1400, num_cams=4, images_per_cam=3, height=256, widt
 
 def lightning_run(steps: int, data_dir: str, log_dir: str, workers: int, batch: int, extra: list[str],
                   profiler: bool = True) -> dict:
-    """Train ``steps`` steps through ``python -m magnifier.train``; images/s and, with the simple
-    profiler (``profiler``; its own host work is in the figures), the loader's share."""
+    """Train ``steps`` steps through ``python -m magnifier.train``; images/s and the share of a
+    step spent between steps (``data_share``, from the logged ``train/data_ms``), and with the
+    simple profiler (``profiler``; its own host work is in the figures) the loader's share from
+    its mean wait for the next batch (``loader_share``; the first batch's worker start-up in it)."""
     import csv
     import os
     import subprocess
@@ -258,9 +260,16 @@ def lightning_run(steps: int, data_dir: str, log_dir: str, workers: int, batch: 
     if run.returncode != 0:
         return {"error": (run.stderr or run.stdout)[-1500:]}
     metrics = sorted(Path(log_dir).glob("train/runs/*/csv/*/metrics.csv"))[-1]
-    rates = [float(r["train/images_per_s"]) for r in csv.DictReader(open(metrics)) if r.get("train/images_per_s")]
+    rows = list(csv.DictReader(open(metrics)))
+    rates = [float(r["train/images_per_s"]) for r in rows if r.get("train/images_per_s")]
     out = {"images_s": statistics.median(rates[1:] or rates) if rates else float("nan"), "windows": len(rates),
            "wall_s": time.perf_counter() - t0}
+    data = [float(r["train/data_ms"]) for r in rows if r.get("train/data_ms")]
+    if data and rates:
+        # ThroughputMonitor's time between steps (the wait for the next batch, queueing its copy,
+        # Lightning's work between steps) in the same windows, so without the workers' start-up.
+        out["data_ms"] = statistics.median(data[1:] or data)
+        out["data_share"] = out["data_ms"] * out["images_s"] / (1e3 * batch)
     report = sync_report_lines(run.stdout)
     if report:  # --lightning-args debug=syncs: the audit of the Lightning loop's steps (magnifier.monitor)
         out["host_round_trips"] = report

@@ -171,3 +171,17 @@ def test_the_sync_check_takes_a_compiled_setting(train_speed, monkeypatch):
     assert compiled == [{}, {}]  # the network and the loss
     out = train_speed.sync_check(train_speed.Setting.parse("64x32:fp32:eager:fused"), cpu, "resnet18", 8)
     assert out["reads"] == 0 and out["setting"] == "64x32:fp32:eager:fused"
+
+
+def test_the_lightning_run_reads_images_s_and_the_data_share_back(train_speed, tmp_path):
+    """(b) on the CPU, tiny (the overrides after the script's own win): images/s and the time
+    between steps from the logged windows, the loader's wait from the simple profiler."""
+    small = dict(num_ids=16, num_cams=2, images_per_cam=4, height=64, width=32, seed=0)  # 8 steps an epoch
+    extra = ["model/backbone=resnet18", "dataset.height=64", "dataset.width=32", "trainer.precision=32-true",
+             "channels_last=false", "trainer.log_every_n_steps=2", "~callbacks.progress_bar",
+             *[f"dataset.synthetic.{k}={v}" for k, v in small.items()]]
+    out = train_speed.lightning_run(7, str(tmp_path / "data"), str(tmp_path / "logs"), 0, 8, extra)
+    assert "error" not in out, out.get("error")
+    assert out["windows"] >= 2 and out["images_s"] > 0
+    assert out["data_ms"] > 0 and 0 < out["data_share"] < 1
+    assert out["loader_wait_ms"] > 0 and out["training_batch_ms"] > 0

@@ -239,3 +239,49 @@ def test_throughput_monitor_logs_images_per_s_per_window_and_peak_gpu_memory_on_
         assert all(0 < m["train/gpu_mem_gb"] < 1 for _, m in rows)
     else:
         assert all("train/gpu_mem_gb" not in m for _, m in rows)
+
+
+def test_throughput_monitor_data_ms_is_the_wait_for_the_next_batch():
+    """``train/data_ms``: a loader that takes 30 ms per batch shows at least 30 ms of data time per
+    step, one that takes nothing much less; the model's 100 ms step is in neither (the bounds
+    leave a loaded machine 70 ms of slack, since only a wrong interval comes near them)."""
+    import time
+
+    from magnifier.monitor import ThroughputMonitor
+
+    class Slow(torch.utils.data.Dataset):
+        def __init__(self, delay: float):
+            self.delay = delay
+
+        def __len__(self):
+            return 48
+
+        def __getitem__(self, i):
+            if i % 8 == 0:  # once per batch of 8
+                time.sleep(self.delay)
+            return {"image": torch.randn(32)}
+
+    class SlowStep(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(32, 4)
+
+        def training_step(self, batch, batch_idx):
+            time.sleep(0.1)  # the model's own time, which data_ms must leave out
+            return self.layer(batch["image"]).square().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def data_ms(delay: float) -> list[float]:
+        recorder = Recorder()
+        trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=recorder,
+                             callbacks=[ThroughputMonitor(every_n_steps=2)], log_every_n_steps=1,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(SlowStep(), torch.utils.data.DataLoader(Slow(delay), batch_size=8))
+        return [m["train/data_ms"] for _, m in recorder.rows if "train/data_ms" in m]
+
+    slow, fast = data_ms(0.03), data_ms(0.0)
+    assert len(slow) == len(fast) == 2  # six steps: the first opens the window, then every two
+    assert all(30 <= ms < 100 for ms in slow), slow
+    assert all(ms < 30 for ms in fast), fast

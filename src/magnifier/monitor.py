@@ -24,13 +24,20 @@ def batch_size(batch: Any) -> int:
 
 
 class ThroughputMonitor(Callback):
-    """``train/images_per_s`` and, on a GPU, ``train/gpu_mem_gb`` every ``every_n_steps`` steps.
+    """``train/images_per_s``, ``train/data_ms`` and, on a GPU, ``train/gpu_mem_gb`` every
+    ``every_n_steps`` steps.
 
     images/s: training images per second of wall clock over the window, all processes together
     (one process's count times the world size; DDP's samplers give every process equal batches).
     The clock is read between ``on_train_batch_end`` calls without synchronising the GPU: over a
     window of steps the queued work evens out. A window starts at the first step of each epoch
     and again after a validation, so data-loader start-up and evaluation are left out.
+
+    data_ms: the mean time per step of the window between one step's end and the next one's
+    start (``on_train_batch_end`` to ``on_train_batch_start``): waiting for the loader's next
+    batch, queueing its copy to the device, and Lightning's own work between steps (the "data
+    time" torchreid prints). Over the step time images/s gives, it is the share of a step the
+    model does not run in; high when the loader workers do not keep up.
 
     gpu_mem_gb: the peak memory allocated by tensors on this process's GPU during the window
     (``torch.cuda.max_memory_allocated``, GiB), reset at each window. On the CPU nothing is logged
@@ -44,9 +51,15 @@ class ThroughputMonitor(Callback):
         self._start: float | None = None
         self._images = 0
         self._steps = 0
+        self._data = 0.0  # seconds between steps in the window
+        self._ended: float | None = None  # when the last step's on_train_batch_end ran
 
     def _restart(self) -> None:
-        self._start, self._images, self._steps = None, 0, 0
+        self._start, self._images, self._steps, self._data, self._ended = None, 0, 0, 0.0, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._ended is not None:
+            self._data += time.perf_counter() - self._ended
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._restart()
@@ -61,19 +74,23 @@ class ThroughputMonitor(Callback):
             self._start = now
             if cuda:
                 torch.cuda.reset_peak_memory_stats(pl_module.device)
+            self._ended = time.perf_counter()
             return
         self._images += batch_size(batch)
         self._steps += 1
         if self._steps < (self.every_n_steps or trainer.log_every_n_steps):
+            self._ended = time.perf_counter()
             return
-        metrics = {"train/images_per_s": self._images * trainer.world_size / (now - self._start)}
+        metrics = {"train/images_per_s": self._images * trainer.world_size / (now - self._start),
+                   "train/data_ms": 1e3 * self._data / self._steps}
         if cuda:
             metrics["train/gpu_mem_gb"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step Lightning logs losses at
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-        self._start, self._images, self._steps = now, 0, 0
+        self._start, self._images, self._steps, self._data = now, 0, 0, 0.0
+        self._ended = time.perf_counter()
 
 
 class WindowSum:
