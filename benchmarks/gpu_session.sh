@@ -10,7 +10,8 @@
 #   eager      the eager bare row, profiled (GPU-busy), the bare loop fed by the training loader,
 #              and the Lightning loop without the profiler (goals 1 to 3, eager)
 #   compile    the compile=true row, profiled, its synchronising CUDA calls, and the fed loop
-#              compiled: the gap between the compiled row and the compiled fed or Lightning loop
+#              compiled and profiled: the gap between the compiled row and the compiled fed or
+#              Lightning loop (two processes, one step, two profiles side by side)
 #   graphs     the CUDA-graph row, profiled, and the Lightning loop with compile=reduce-overhead,
 #              validating after each epoch and testing at the end (its evaluation under graphs)
 #   checkpoint the background checkpoint write against the GPU training step
@@ -46,7 +47,8 @@ step eager 160 "${TS[@]}" --rows 256x128:bf16:eager:fused --profile 256x128:bf16
     --fed-steps 60 --lightning-steps 250 --lightning-no-profiler --log-dir /tmp/gpu_session_eager \
     --json "$OUT/eager.json"
 step compile 260 "${TS[@]}" --rows 256x128:bf16:compile:fused --profile 256x128:bf16:compile:fused \
-    --sync-check 256x128:bf16:compile:fused --fed-steps 60 --fed-mode compile --json "$OUT/compile.json"
+    --sync-check 256x128:bf16:compile:fused --fed-steps 60 --fed-mode compile --fed-profile 5 \
+    --json "$OUT/compile.json"
 step graphs 300 "${TS[@]}" --rows 256x128:bf16:graphs:fused --profile 256x128:bf16:graphs:fused \
     --lightning-steps 300 --log-dir /tmp/gpu_session_graphs --lightning-args compile=reduce-overhead \
     trainer.check_val_every_n_epoch=1 test=true --json "$OUT/graphs.json"

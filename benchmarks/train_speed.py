@@ -308,7 +308,8 @@ def _synthetic_datamodule(data_dir: str, workers: int, batch: int, synthetic: di
 
 
 def fed_run(steps: int, data_dir: str, workers: int, batch: int, mode: str = "eager", warmup: int = 10,
-            backbone: str = "resnet50", synthetic: dict | None = None, settle: int = 3) -> dict:
+            backbone: str = "resnet50", synthetic: dict | None = None, settle: int = 3,
+            profile_steps: int = 0) -> dict:
     """(d) Where the Lightning loop's time goes, without Lightning: the bare MagnifierNet step
     (256x128, bf16-mixed, channels_last, fused Adam on CUDA; ``mode`` eager or compile) timed over
     ``steps`` steps end to end (one synchronisation at each end, as the Lightning loop runs; the
@@ -322,7 +323,9 @@ def fed_run(steps: int, data_dir: str, workers: int, batch: int, mode: str = "ea
 
     ``copied - resident`` is the transfer and normalisation, ``fed - copied`` the loader (the
     wait for a batch, and the pinning thread's and workers' competition for the host), and
-    (b) against ``fed`` what Lightning and this project's callbacks add."""
+    (b) against ``fed`` what Lightning and this project's callbacks add. ``profile_steps``: also
+    the profiler's figures of the resident way (``profile``: wall time, GPU-busy time, kernels
+    per step), to set beside the (a) row's profile of the same mode, from another process."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     datamodule = _synthetic_datamodule(data_dir, workers, batch, synthetic or MARKET_SIZED)
     torch.manual_seed(0)
@@ -391,6 +394,9 @@ def fed_run(steps: int, data_dir: str, workers: int, batch: int, mode: str = "ea
     # the normalisation (on a GPU both return before the device has done the work).
     fed_steps = steps + settle
     out["fed_host_next_ms"], out["fed_host_transfer_ms"] = (1e3 * host[k] / fed_steps for k in ("next", "transfer"))
+    if profile_steps:
+        resident_way = type("Resident", (), {"step": staticmethod(ways["resident"])})
+        out["profile"] = profile_runners({"magnifier": resident_way}, device, profile_steps)["magnifier"]
     return out
 
 
@@ -441,6 +447,8 @@ def main() -> None:
     p.add_argument("--fed-steps", type=int, default=0,
                    help="(d) also time N steps of the bare MagnifierNet loop resident, copied and fed by the loader")
     p.add_argument("--fed-mode", default="eager", choices=("eager", "compile"))
+    p.add_argument("--fed-profile", type=int, default=0, metavar="N",
+                   help="also profile N steps of the fed loop's resident way (wall, GPU-busy, kernels per step)")
     p.add_argument("--sync-check", nargs="?", const="auto", default=None, metavar="SETTING",
                    help="list the host round trips of one step (and, on a GPU, every synchronising CUDA call) in "
                         "SETTING (default: the first eager setting profiled); a compiled setting gets the CUDA "
@@ -472,11 +480,15 @@ def main() -> None:
               flush=True)
         save()
     if args.fed_steps:
-        result["fed"] = fed_run(args.fed_steps, args.data_dir, args.workers, args.batch, args.fed_mode)
+        result["fed"] = fed_run(args.fed_steps, args.data_dir, args.workers, args.batch, args.fed_mode,
+                                profile_steps=args.fed_profile)
         f = result["fed"]
         print(f"bare MagnifierNet loop ({f['mode']}, 256x128 bf16 channels_last, {f['steps']} steps end to end): "
               f"resident {f['resident_ms']:.1f} ms, copied + normalised {f['copied_ms']:.1f} ms, fed by the loader "
               f"({f['workers']} workers) {f['fed_ms']:.1f} ms = {f['fed_images_s']:.0f} images/s", flush=True)
+        if "profile" in f:
+            print("profile of the resident way: " + ", ".join(f"{k} {v:.3g}" for k, v in f["profile"].items()),
+                  flush=True)
         save()
     if settings:
         print(f"{'setting':<30} {'baseline':>10} {'magnifier':>10} {'ratio':>6} {'mag img/s':>10} {'warm-up':>8}")

@@ -148,7 +148,9 @@ def test_goals_compare_the_lightning_run_with_the_fed_loop_of_its_mode(train_spe
 def test_the_fed_loop_runs_the_three_ways_on_the_real_loader(train_speed, tmp_path):
     """(d) on the CPU, tiny: a resident batch, a copied one and the training loader's batches."""
     small = dict(num_ids=8, num_cams=2, images_per_cam=2, height=64, width=32, seed=0)
-    out = train_speed.fed_run(1, str(tmp_path), 0, 8, warmup=1, backbone="resnet18", synthetic=small, settle=1)
+    out = train_speed.fed_run(1, str(tmp_path), 0, 8, warmup=1, backbone="resnet18", synthetic=small, settle=1,
+                              profile_steps=1)
+    assert out["profile"]["wall_ms"] > 0 and out["profile"]["ops_per_step"] > 100  # the CPU's figures
     for way in ("resident", "copied", "fed"):
         assert out[f"{way}_ms"] > 0 and out[f"{way}_images_s"] == pytest.approx(8e3 / out[f"{way}_ms"])
     assert out["loader_ms"] == pytest.approx(out["fed_ms"] - out["copied_ms"])
