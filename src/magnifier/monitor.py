@@ -74,13 +74,14 @@ class ThroughputMonitor(Callback):
             self._start = now
             if cuda:
                 torch.cuda.reset_peak_memory_stats(pl_module.device)
-            self._ended = time.perf_counter()
-            return
-        self._images += batch_size(batch)
-        self._steps += 1
-        if self._steps < (self.every_n_steps or trainer.log_every_n_steps):
-            self._ended = time.perf_counter()
-            return
+        else:
+            self._images += batch_size(batch)
+            self._steps += 1
+            if self._steps >= (self.every_n_steps or trainer.log_every_n_steps):
+                self._log(trainer, pl_module, now, cuda)
+        self._ended = time.perf_counter()  # after this hook's own work: data_ms leaves it out
+
+    def _log(self, trainer, pl_module, now: float, cuda: bool) -> None:
         metrics = {"train/images_per_s": self._images * trainer.world_size / (now - self._start),
                    "train/data_ms": 1e3 * self._data / self._steps}
         if cuda:
@@ -90,7 +91,6 @@ class ThroughputMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         self._start, self._images, self._steps, self._data = now, 0, 0, 0.0
-        self._ended = time.perf_counter()
 
 
 class WindowSum:
