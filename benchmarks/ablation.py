@@ -2,14 +2,16 @@
 
 For each model config (baseline, baseline_parsing, sab, sfb, magnifier) and seed, trains with
 ``python -m magnifier.train model=<m> seed=<s>`` (the synthetic recipe of ``make train``),
-then evaluates the best checkpoint on all queries and on the occluded ones alone
+then evaluates the checkpoint that run tested (chosen on the validation identities held out from
+training, ``selected_by: val/mAP``, or its final weights with ``dataset.val_split=none``) on all
+test queries and on the occluded ones alone
 (``occluded_queries.txt``), and prints a markdown table (rank-1 / mAP in %). For models with
 an SFB it also evaluates with the ground-truth part maps in place of the parsing head's
 prediction, and reports the parsing head's pixel accuracy: how much the predicted parts cost.
 
 Usage: python benchmarks/ablation.py [--models ...] [--seeds 0 1 2] [--log-dir logs/ablation]
        [--json out.json] [--reuse] [extra hydra overrides]
---reuse evaluates the best checkpoint already in the log folder instead of training again.
+--reuse evaluates the checkpoint already in the log folder instead of training again.
 """
 
 from __future__ import annotations
@@ -37,19 +39,24 @@ from magnifier.module import ReIDModule  # noqa: E402
 MODELS = ["baseline", "baseline_parsing", "sab", "sfb", "magnifier"]
 
 
-def train(model: str, seed: int, log_dir: Path, extra: list[str], reuse: bool = False) -> tuple[Path, float]:
+def train(model: str, seed: int, log_dir: Path, extra: list[str], reuse: bool = False) -> tuple[Path, float, str]:
+    """Train one rung; returns the checkpoint the run tested, the seconds, and how it was chosen."""
     if reuse:
-        found = sorted((log_dir / f"{model}-seed{seed}").glob("train/runs/*/checkpoints/best-*.ckpt"))
-        if found:
-            return found[-1], float("nan")
+        runs = sorted((log_dir / f"{model}-seed{seed}").glob("train/runs/*/metrics.json"))
+        for found in reversed(runs):
+            result = json.loads(found.read_text())
+            if result.get("tested_checkpoint"):
+                return Path(result["tested_checkpoint"]), float("nan"), str(result.get("selected_by"))
     args = [sys.executable, "-m", "magnifier.train", f"model={model}", f"seed={seed}", "logger=csv",
             f"paths.log_dir={log_dir / f'{model}-seed{seed}'}", "~callbacks.progress_bar", *extra]
     t0 = time.perf_counter()
     run = subprocess.run(args, capture_output=True, text=True)
     if run.returncode != 0:
         raise SystemExit(f"training {model} seed {seed} failed:\n{run.stderr[-3000:]}")
-    m = re.search(r"best checkpoint: (\S+)", run.stdout)
-    return Path(m.group(1)), time.perf_counter() - t0
+    m = re.search(r"checkpoint: (\S+) \(selected by ([^:]+):", run.stdout)
+    if m is None or m.group(1).startswith("("):
+        raise SystemExit(f"training {model} seed {seed} tested no checkpoint file:\n{run.stdout[-2000:]}")
+    return Path(m.group(1)), time.perf_counter() - t0, m.group(2)
 
 
 def _metrics(feats: torch.Tensor, pids, cams, nq: int, occluded: np.ndarray, prefix: str) -> dict[str, float]:
@@ -66,7 +73,8 @@ def evaluate(ckpt: Path, data_dir: str) -> dict[str, float]:
     module = ReIDModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
     net = module.net
     has_sfb = getattr(net, "sfb", None) is not None
-    dm = ReIDDataModule(name="synthetic", root=data_dir, num_workers=2, use_masks=False, eval_masks=has_sfb)
+    dm = ReIDDataModule(name="synthetic", root=data_dir, num_workers=2, use_masks=False, eval_masks=has_sfb,
+                        val_split="none")
     dm.setup("test")
     feats, gt_feats, pids, cams, paths, hits, pixels = [], [], [], [], [], 0, 0
     for batch in dm.test_dataloader():
@@ -109,9 +117,10 @@ def main() -> None:
     for model in args.models:
         for seed in args.seeds:
             extra = [f"paths.data_dir={args.data_dir}", *args.overrides]
-            ckpt, seconds = train(model, seed, Path(args.log_dir), extra, reuse=args.reuse)
+            ckpt, seconds, selected_by = train(model, seed, Path(args.log_dir), extra, reuse=args.reuse)
             res = evaluate(ckpt, args.data_dir)
-            rows.append({"model": model, "seed": seed, "train_seconds": seconds, "checkpoint": str(ckpt), **res})
+            rows.append({"model": model, "seed": seed, "train_seconds": seconds, "checkpoint": str(ckpt),
+                         "selected_by": selected_by, **res})
             print(json.dumps(rows[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -63,6 +63,7 @@ def tiny_checkpoint(tiny_data_dir, tmp_path_factory) -> Path:
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2",
         "test=false",
+        "dataset.val_split=none",  # all 8 training identities: an 8-class checkpoint
     ]
     train(compose(overrides, output_dir=str(out)))
     ckpt = out / "checkpoints" / "last.ckpt"
@@ -93,7 +94,9 @@ def fit_tiny_steps(data_dir: Path, root: Path, overrides: list[str] = (), steps:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.losses.append(float(outputs["loss"]))
 
-    cfg = compose(tiny_overrides(data_dir) + ["model/backbone=resnet18", "dataset.batch_size=8", *overrides])
+    # Every training identity (no validation runs here: limit_val_batches=0), so 6 steps an epoch.
+    cfg = compose(tiny_overrides(data_dir) + ["model/backbone=resnet18", "dataset.batch_size=8", "dataset.val_split=none",
+                                              *overrides])
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     datamodule.load()

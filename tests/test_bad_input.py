@@ -31,14 +31,14 @@ def test_a_batch_that_is_not_p_times_k_is_refused_at_construction(tiny_data_dir,
 
 def test_k_above_most_identities_image_counts_and_p_above_the_identities(tiny_data_dir, tmp_path):
     # The tiny training split: 8 identities of 4 to 6 images each.
-    dm = _datamodule(tiny_data_dir, tmp_path, "dataset.batch_size=16", "dataset.num_instances=8")
+    dm = _datamodule(tiny_data_dir, tmp_path, "dataset.batch_size=16", "dataset.val_split=none", "dataset.num_instances=8")
     with pytest.raises(UserError, match=r"num_instances=8 but 8 of 8 training identities .* fewer than 8 images"):
         dm.check_sampling()
-    _datamodule(tiny_data_dir, tmp_path, "dataset.batch_size=16", "dataset.num_instances=4").check_sampling()
-    dm = _datamodule(tiny_data_dir, tmp_path, "dataset.batch_size=36", "dataset.num_instances=4")
+    _datamodule(tiny_data_dir, tmp_path, "dataset.batch_size=16", "dataset.val_split=none", "dataset.num_instances=4").check_sampling()
+    dm = _datamodule(tiny_data_dir, tmp_path, "dataset.batch_size=36", "dataset.val_split=none", "dataset.num_instances=4")
     with pytest.raises(UserError, match=r"P=9 identities per batch, but 'synthetic' has 8 training identities; use dataset.batch_size <= 32"):
         dm.check_sampling()
-    dm = _datamodule(tiny_data_dir, tmp_path, "dataset.batch_size=20", "dataset.num_instances=4")
+    dm = _datamodule(tiny_data_dir, tmp_path, "dataset.batch_size=20", "dataset.val_split=none", "dataset.num_instances=4")
     dm.check_sampling(world_size=1)
     with pytest.raises(UserError, match=r"on each of 2 processes.*dataset.batch_size <= 16"):
         dm.check_sampling(world_size=2)

@@ -193,7 +193,8 @@ def test_two_nodes_under_torchrun_train_together(tiny_data_dir, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     common = [*tiny_overrides(tiny_data_dir), "trainer.num_nodes=2", "trainer.accelerator=cpu", "trainer.devices=1",
               "trainer.strategy=ddp", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv", "trainer.max_epochs=1",
-              "+trainer.limit_train_batches=2", "trainer.check_val_every_n_epoch=1", "test=false", "~callbacks.progress_bar"]
+              "+trainer.limit_train_batches=2", "trainer.check_val_every_n_epoch=1", "test=false", "~callbacks.progress_bar",
+              "dataset.batch_size=8"]  # P=2 on each node: 6 training identities after the validation split
     nodes = [subprocess.Popen([str(torchrun), "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
                                "--master-addr=127.0.0.1", "--master-port=29531", "-m", "magnifier.train", *common],
                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -16,7 +16,7 @@ from .conftest import TINY
 
 def _datamodule(data_dir, **kwargs) -> ReIDDataModule:
     args = dict(name="synthetic", root=str(data_dir), height=64, width=32, batch_size=8, num_instances=4,
-                test_batch_size=16, num_workers=0, synthetic=TINY)
+                test_batch_size=16, num_workers=0, synthetic=TINY, val_split="none")  # all 8 identities train
     args.update(kwargs)
     return ReIDDataModule(**args)
 
@@ -41,7 +41,7 @@ def test_train_batches_are_p_by_k_with_aligned_label_maps(tiny_data_dir):
 def test_eval_batches_are_query_then_gallery_without_masks(tiny_data_dir):
     dm = _datamodule(tiny_data_dir)
     dm.setup("validate")
-    batches = list(dm.val_dataloader())
+    batches = list(dm.test_dataloader())
     is_query = torch.cat([b["is_query"] for b in batches])
     index = torch.cat([b["index"] for b in batches])
     assert "mask" not in batches[0]
@@ -425,7 +425,7 @@ def test_a_bad_sharing_strategy_is_one_line(tiny_data_dir):
 def test_prefetch_factor_reaches_the_loaders_with_workers(tiny_data_dir):
     dm = _datamodule(tiny_data_dir, num_workers=1, prefetch_factor=4, sharing_strategy=None)
     dm.setup("fit")
-    assert dm.train_dataloader().prefetch_factor == 4 and dm.val_dataloader().prefetch_factor == 4
+    assert dm.train_dataloader().prefetch_factor == 4 and dm.test_dataloader().prefetch_factor == 4
     plain = _datamodule(tiny_data_dir, num_workers=0, prefetch_factor=4)  # no workers: nothing to prefetch
     plain.setup("fit")
     assert plain.train_dataloader().prefetch_factor is None

@@ -85,16 +85,18 @@ def test_a_short_run_under_a_long_validation_interval_still_ends_with_a_best_che
                  "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=10", "+trainer.limit_train_batches=2",
                  "~callbacks.progress_bar")
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "best checkpoint: (none saved)" not in run.stdout
+    assert "(selected by val/mAP: its best on the validation split)" in run.stdout
     (folder,) = list(tmp_path.glob("train/runs/*"))
     (best,) = list(folder.glob("checkpoints/best-epoch000-*.ckpt"))
     assert run.stdout.splitlines()[0].startswith("trainer: accelerator=")
     log = (folder / "train.log").read_text()
     summary = next(ln for ln in run.stdout.splitlines() if ln.startswith("dataset synthetic ("))
-    for text in ("trainer: accelerator=auto (cpu here)", summary, "  gallery ", "synthetic query/gallery (test, %):", f"best checkpoint: {best}"):
+    for text in ("trainer: accelerator=auto (cpu here)", summary, "  gallery ", "synthetic query/gallery (test, %):", f"checkpoint: {best} (selected by val/mAP",
+                 "  val query "):
         assert text in log, text
     result = json.loads((folder / "metrics.json").read_text())
-    assert result["status"] == "finished" and result["best_checkpoint"] == str(best)
+    assert result["status"] == "finished" and result["best_checkpoint"] == result["tested_checkpoint"] == str(best)
+    assert result["selected_by"] == "val/mAP"
     assert set(result["val"]) == set(result["test"]) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
     assert 0 <= result["test"]["mAP"] <= 1 and result["runtime_s"] > 0
     assert f"{100 * result['test']['rank1']:8.2f}" in run.stdout

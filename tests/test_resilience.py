@@ -175,7 +175,7 @@ def _recipe(data_dir: Path, logs: Path) -> list[str]:
     ]
 
 
-# Every step's checkpoint kept (step006.ckpt, ...) besides last.ckpt; saving reads the run, it
+# Every step's checkpoint kept (step004.ckpt, ...) besides last.ckpt; saving reads the run, it
 # changes nothing that the run computes.
 KEEP_STEPS = ["callbacks.step_checkpoint.filename='step{step:03d}'", "callbacks.step_checkpoint.save_top_k=-1",
               "+callbacks.step_checkpoint.auto_insert_metric_name=false"]
@@ -183,7 +183,8 @@ KEEP_STEPS = ["callbacks.step_checkpoint.filename='step{step:03d}'", "callbacks.
 
 @pytest.fixture(scope="module")
 def straight_run(tiny_data_dir, tmp_path_factory) -> Path:
-    """The uninterrupted run: 3 epochs of 6 steps, a checkpoint after every step."""
+    """The uninterrupted run: 3 epochs of 4 steps (6 training identities, 2 held out for
+    validation), a checkpoint after every step."""
     logs = tmp_path_factory.mktemp("straight")
     done = _run(_recipe(tiny_data_dir, logs) + KEEP_STEPS)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -200,9 +201,9 @@ def test_resume_from_the_last_batch_of_an_epoch_ends_like_an_uninterrupted_run(s
     """The step checkpoint of an epoch's last batch is written before that epoch's validation;
     the resumed run validates, then trains on as the uninterrupted run did (a validation loader
     that drew from the global random state shifted every later step)."""
-    ckpt = straight_run / "step006.ckpt"
+    ckpt = straight_run / "step004.ckpt"
     progress = torch.load(ckpt, map_location="cpu", weights_only=True)["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-    assert progress["current"]["ready"] == 6 and progress["current"]["completed"] == 5  # before the epoch's end
+    assert progress["current"]["ready"] == 4 and progress["current"]["completed"] == 3  # before the epoch's end
     resumed = _run(_recipe(tiny_data_dir, tmp_path) + [f"ckpt_path='{ckpt}'"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ckpt_c = next(tmp_path.glob("train/runs/*/checkpoints/last.ckpt"))

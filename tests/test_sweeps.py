@@ -100,3 +100,47 @@ def test_sweeps_over_known_keys_and_groups_are_accepted(tmp_path):
     assert unknown_sweep_key(cfg) is None
     cfg.hydra.overrides.task = ["loss.margn=0.2,0.3"]
     assert "keys under loss:" in unknown_sweep_key(cfg) and "margin" in unknown_sweep_key(cfg)
+
+
+def test_trials_ended_by_max_steps_are_scored_on_validation(tiny_data_dir, tmp_path):
+    """The issue's sweep: 2 trials of 2 steps each, validation every 10 epochs; each trial
+    validates at its last step and is scored on the held-out identities."""
+    logs = tmp_path / "logs"
+    run = _train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", "++trainer.max_steps=2", "logger=csv",
+                  "test=false", "~callbacks.progress_bar", *tiny_overrides(tiny_data_dir), f"paths.log_dir={logs}"])
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    sweep = next((logs / "train" / "multiruns").iterdir())
+    study = optuna.load_study(study_name="train", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    rows = list(csv.DictReader((sweep / "results.csv").open()))
+    assert [r["selected_by"] for r in rows] == ["val/mAP"] * 2 and all(r["test/mAP"] == "-" for r in rows)
+
+
+def test_a_sweep_with_no_scored_trial_ends_with_one_line_and_exit_2(tiny_data_dir, tmp_path):
+    """No validation batch runs (limit_val_batches=0): each trial is recorded failed with why,
+    and the sweep ends with one line, the results table written, no traceback."""
+    logs = tmp_path / "logs"
+    run = _train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", *tiny_overrides(tiny_data_dir),
+                  f"paths.log_dir={logs}", *SHORT, "+trainer.limit_val_batches=0"])
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "Traceback" not in run.stderr + run.stdout
+    sweep = next((logs / "train" / "multiruns").iterdir())
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no trial of the sweep produced a value (2 trial(s), all failed")
+    assert str(sweep / "results.md") in last and (sweep / "results.md").is_file()
+    for trial in ("0", "1"):
+        result = json.loads((sweep / trial / "metrics.json").read_text())
+        assert result["status"] == "failed"
+        assert result["error"] == "no val/mAP: trainer.limit_val_batches=0 runs no validation batch"
+    rows = list(csv.DictReader((sweep / "results.csv").open()))
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+
+
+def test_an_optuna_sweep_without_a_validation_split_is_refused_before_its_first_run(tmp_path):
+    run = _train(["hparams_search=optuna", "dataset.val_split=none", f"paths.log_dir={tmp_path}"])
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: hparams_search=optuna maximises val/mAP, but dataset.val_split=none leaves no validation split to "
+        "score trials on; use dataset.val_split=holdout")
+    assert not (tmp_path / "train" / "multiruns").exists() or not any((tmp_path / "train" / "multiruns").rglob("*.ckpt"))

@@ -143,7 +143,7 @@ def test_the_lightning_loop_reads_nothing_back_between_the_steps_that_log(tiny_d
     overrides = tiny_overrides(tiny_data_dir) + [
         "model/backbone=resnet18", f"paths.log_dir={tmp_path / 'logs'}", "logger=csv", "trainer.log_every_n_steps=5",
         "debug=syncs", "callbacks.sync_audit._target_=tests.test_syncs._Report", "callbacks.sync_audit.steps=8",
-        "trainer.max_epochs=3", "trainer.limit_train_batches=null"]
+        "trainer.max_epochs=3", "trainer.limit_train_batches=null", "dataset.val_split=none"]
     train(compose(overrides, output_dir=str(tmp_path / "run")))
     (report,) = _Report.made
     reads, kinds = report.per_step(), report.kinds

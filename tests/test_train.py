@@ -37,8 +37,10 @@ def test_short_training_run_evaluates_prints_table_and_keeps_checkpoints_and_wan
     run = _train(args, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = run.stdout
-    # The closing table: a header and one row of five percentages, then the best checkpoint.
-    m = re.search(r"rank1\s+rank5\s+rank10\s+mAP\s+mINP\n\s*([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\nbest checkpoint: (\S+)", out)
+    # The closing table: a header and one row of five percentages, then the tested checkpoint,
+    # chosen on the validation split.
+    m = re.search(r"rank1\s+rank5\s+rank10\s+mAP\s+mINP\n\s*([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\n"
+                  r"checkpoint: (\S+) \(selected by val/mAP: its best on the validation split\)", out)
     assert m, out[-2000:]
     r1, r5, r10, mAP, mINP = (float(m.group(i)) for i in range(1, 6))
     assert 0 <= r1 <= r5 <= r10 <= 100 and 0 < mAP <= 100 and 0 < mINP <= 100
@@ -50,7 +52,7 @@ def test_short_training_run_evaluates_prints_table_and_keeps_checkpoints_and_wan
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and list(offline_runs[0].glob("run-*.wandb"))
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["epoch"] == 1 and ckpt["hyper_parameters"]["num_classes"] == 8
+    assert ckpt["epoch"] == 1 and ckpt["hyper_parameters"]["num_classes"] == 6  # 2 of 8 held out
 
     # Resume: ckpt_path continues from epoch 2 to 3 instead of starting again.
     logs2 = tmp_path / "logs2"

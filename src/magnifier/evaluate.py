@@ -21,25 +21,12 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from magnifier.config import config_dir, instantiate_config, register_resolvers  # noqa: E402
 from magnifier.errors import UserError, exit_on_user_error  # noqa: E402
+from magnifier.evaluation.ranked_lists import summarize  # noqa: E402,F401 - also magnifier.evaluate.summarize
 
 log = logging.getLogger("magnifier.evaluate")
 register_resolvers()
 
 _COLUMNS = ("rank1", "rank5", "rank10", "mAP", "mINP")
-
-
-def summarize(result: dict) -> dict:
-    """The headline figures of an ``evaluate_rank`` result, as fractions."""
-    cmc = result["cmc"]
-    return {
-        "rank1": float(cmc[0]),
-        "rank5": float(cmc[min(4, len(cmc) - 1)]),
-        "rank10": float(cmc[min(9, len(cmc) - 1)]),
-        "mAP": result["mAP"],
-        "mINP": result["mINP"],
-        "num_valid_queries": result["num_valid_queries"],
-        "num_skipped_queries": result["num_skipped_queries"],
-    }
 
 
 def format_table(rows: dict[str, dict]) -> str:
@@ -49,69 +36,6 @@ def format_table(rows: dict[str, dict]) -> str:
     for name, m in rows.items():
         lines.append(f"{name:12}" + "".join(f"{100 * m[k]:9.2f}" for k in _COLUMNS))
     return "\n".join(lines)
-
-
-def _choose_queries(cfg_lists, per_query: dict, q_paths: np.ndarray) -> list[tuple[str, int]]:
-    """(label, query row) pairs to draw: the worst and best N by AP, then the named ones."""
-    valid = np.flatnonzero(per_query["valid"])
-    # AP ties are broken by query order so that the choice is reproducible.
-    order = valid[np.lexsort((valid, per_query["ap"][valid]))]
-    chosen = [(f"worst{i + 1:02d}", int(q)) for i, q in enumerate(order[: int(cfg_lists.worst)])]
-    best = order[::-1][: int(cfg_lists.best)]
-    chosen += [(f"best{i + 1:02d}", int(q)) for i, q in enumerate(best)]
-    names = {Path(p).name: i for i, p in enumerate(q_paths)}
-    full = {str(Path(p).resolve()): i for i, p in enumerate(q_paths)}
-    for wanted in cfg_lists.queries or []:
-        row = full.get(str(Path(str(wanted)).resolve()), names.get(Path(str(wanted)).name))
-        if row is None:
-            raise UserError(
-                f"eval.ranked_lists.queries: {wanted} is not a query image of this dataset; give a "
-                f"path or file name from its query folder"
-            )
-        chosen.append(("query", row))
-    return chosen
-
-
-def _draw_ranked_lists(net, datamodule, feats: dict, distance_rows, per_query: dict, cfg,
-                       out_dir: Path) -> list[tuple[str, "object", dict]]:
-    """Write one PNG per chosen query; returns (label, PIL image, per-query facts)."""
-    import torch
-
-    from magnifier.evaluation.visualize import camera_label, ranked_list_image, top_k
-
-    q, g = feats["is_query"], ~feats["is_query"]
-    q_paths, g_paths = feats["paths"][q], feats["paths"][g]
-    q_pids, g_pids = feats["pids"][q], feats["pids"][g]
-    q_cams, g_cams = feats["camids"][q], feats["camids"][g]
-    chosen = _choose_queries(cfg.eval.ranked_lists, per_query, q_paths)
-    if not chosen:
-        return []
-    names = getattr(datamodule.load(), "camera_names", None)  # cameras as the dataset names them
-    rows = [r for _, r in chosen]
-    dist = distance_rows(rows)
-    part_maps = [None] * len(rows)
-    if getattr(net, "parsing_head", None) is not None:
-        images = torch.stack([datamodule.query_set[r]["image"] for r in rows])
-        device = next(net.parameters()).device
-        part_maps = list(net.parse(images.to(device)).cpu().numpy())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pictures = []
-    for (label, r), d, parts in zip(chosen, dist, part_maps):
-        items = top_k(d, g_pids, g_cams, q_pids[r], q_cams[r], g_paths,
-                      k=int(cfg.eval.ranked_lists.top_k), camera_names=names)
-        ap = per_query["ap"][r]
-        facts = {"query": str(q_paths[r]), "pid": int(q_pids[r]), "camid": int(q_cams[r]),
-                 "camera": camera_label(q_cams[r], names).removeprefix("cam "),
-                 "AP": None if np.isnan(ap) else float(ap),
-                 "first_rank": int(per_query["first_rank"][r])}
-        ap_text = "no true match" if np.isnan(ap) else f"AP {100 * ap:.1f}"
-        title = f"{label}  {Path(q_paths[r]).name}  id {q_pids[r]} {camera_label(q_cams[r], names)}  {ap_text}"
-        picture = ranked_list_image(str(q_paths[r]), items, parts, title,
-                                    cell=(64, 128) if datamodule.height >= datamodule.width else (128, 64),
-                                    legend=True)
-        picture.save(out_dir / f"{label}_{Path(q_paths[r]).stem}.png")
-        pictures.append((label, picture, facts))
-    return pictures
 
 
 def _log_wandb(loggers: list, per_query: dict, feats: dict, pictures) -> None:
@@ -177,7 +101,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(f"eval.input={cfg.eval.input}: use checkpoint or dataset")
     trained = info.get("data") or {}
     same_input = {k: v for k, v in trained.items() if v is not None} if cfg.eval.get("input") == "checkpoint" else {}
-    dataset_args = dict(use_masks=False, eval_masks=False, **same_input)
+    # The test split only: no validation identities are held out of a split nothing trains on.
+    dataset_args = dict(use_masks=False, eval_masks=False, val_split="none", **same_input)
     datamodule = instantiate_config(cfg.dataset, **dataset_args)
     datamodule.prepare_data()
     print(datamodule.load().summary(), flush=True)
@@ -219,8 +144,12 @@ def evaluate(cfg: DictConfig) -> dict:
                  gallery_features=feats["features"][g], q_pids=ids[0], g_pids=ids[1],
                  q_camids=ids[2], g_camids=ids[3], q_paths=feats["paths"][q],
                  g_paths=feats["paths"][g])
-    pictures = _draw_ranked_lists(net, datamodule, feats, distance_rows, final, cfg,
-                                  out_dir / "ranked_lists")
+    from magnifier.evaluation.ranked_lists import draw_ranked_lists
+
+    lists = cfg.eval.ranked_lists
+    pictures = draw_ranked_lists(net, datamodule, feats, final, out_dir / "ranked_lists", worst=int(lists.worst),
+                                 best=int(lists.best), queries=list(lists.queries or []), top_k=int(lists.top_k),
+                                 distance_rows=distance_rows)
     report = {
         "checkpoint": str(cfg.ckpt_path),
         "dataset": str(cfg.dataset.name),
@@ -230,8 +159,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "eval": OmegaConf.to_container(cfg.eval, resolve=True),
         "metrics": rows,
         "cmc": {name: r["cmc"].tolist() for name, r in results.items()},
-        "ranked_lists": [facts | {"label": label, "picture": f"ranked_lists/{label}_{Path(facts['query']).stem}.png"}
-                         for label, _, facts in pictures],
+        "ranked_lists": [facts for _, _, facts in pictures],
     }
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     page = None

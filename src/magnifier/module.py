@@ -118,7 +118,9 @@ class ReIDModule(pl.LightningModule):
         from magnifier.evaluation import ReIDMetric
 
         self.val_metric = ReIDMetric()
-        self.test_metric = ReIDMetric()
+        # The final test keeps its features for the ranked lists of the run's report.html.
+        self.test_metric = ReIDMetric(keep_features=True)
+        self.validations_run = 0  # validation epochs of this process's fit (not the sanity check)
         self._initial_optimizer_state: dict | None = None
         from magnifier.compilation import RecompileWatch, compile_options
 
@@ -244,6 +246,8 @@ class ReIDModule(pl.LightningModule):
         self._eval_step(self.val_metric, batch)
 
     def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validations_run += 1
         self._eval_epoch_end(self.val_metric, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -45,7 +45,7 @@ ROW_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 METRIC_COLUMNS = [f"{split}/{key}" for split in ("val", "test") for key in ("rank1", "mAP", "mINP")]
 #: ... and the plain and re-ranked rows of evaluation runs (``python -m magnifier.evaluate -m``).
 EVAL_METRIC_COLUMNS = [f"{row}/{key}" for row in ("plain", "reranked") for key in ("rank1", "mAP", "mINP")]
-COLUMNS = ["run", "overrides", *METRIC_COLUMNS, "time_min", "status", "folder"]
+COLUMNS = ["run", "overrides", *METRIC_COLUMNS, "selected_by", "time_min", "status", "folder"]
 
 
 def _flat_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -63,23 +63,29 @@ def _flat_metrics(result: dict[str, Any]) -> dict[str, float]:
 def columns(rows: list[dict[str, Any]]) -> list[str]:
     """The table's columns: training metrics, or evaluation rows when the runs are evaluations."""
     evaluations = rows and all(any(k in r for k in EVAL_METRIC_COLUMNS) for r in rows)
-    metric = EVAL_METRIC_COLUMNS if evaluations else METRIC_COLUMNS
-    return ["run", "overrides", *metric, "time_min", "status", "folder"]
+    if evaluations:
+        return ["run", "overrides", *EVAL_METRIC_COLUMNS, "time_min", "status", "folder"]
+    return COLUMNS
 
 
 def write_run_results(output_dir: str | Path, status: str, metrics: dict[str, float], runtime_s: float,
-                      best_checkpoint: str | None = None, error: str | None = None) -> Path:
+                      best_checkpoint: str | None = None, error: str | None = None, *,
+                      selected_by: str | None = None, tested_checkpoint: str | None = None) -> Path:
     """Write a run's ``metrics.json``.
 
     Keys: ``status`` (finished | failed | stopped), ``val`` and ``test`` (the final rows:
     rank1, rank5, rank10, mAP, mINP as fractions; empty when that split was not evaluated),
-    ``best_checkpoint``, ``runtime_s``, ``error``, and ``metrics`` (every logged value, flat).
+    ``selected_by`` (how the tested checkpoint was chosen: the validation metric its callback
+    monitors, ``val/mAP``, or ``last``: the final weights; null when training did not end),
+    ``tested_checkpoint`` (the file the test read; null for the weights in memory),
+    ``best_checkpoint`` (the best validation checkpoint, null without one), ``runtime_s``,
+    ``error``, and ``metrics`` (every logged value, flat).
     """
     path = Path(output_dir) / RUN_RESULTS
     flat = {k: float(v) for k, v in metrics.items()}
     rows = {split: {k: flat[f"{split}/{k}"] for k in ROW_KEYS if f"{split}/{k}" in flat} for split in ("val", "test")}
-    body = {"status": status, **rows, "best_checkpoint": best_checkpoint, "runtime_s": float(runtime_s),
-            "error": error, "metrics": flat}
+    body = {"status": status, **rows, "selected_by": selected_by, "tested_checkpoint": tested_checkpoint,
+            "best_checkpoint": best_checkpoint, "runtime_s": float(runtime_s), "error": error, "metrics": flat}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(body, indent=2))
@@ -139,6 +145,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         evaluation = any(key in metrics for key in EVAL_METRIC_COLUMNS)
         for key in METRIC_COLUMNS + (EVAL_METRIC_COLUMNS if evaluation else []):
             row[key] = 100 * metrics[key] if key in metrics else math.nan
+        row["selected_by"] = result.get("selected_by") or "-"
         seconds = result.get("runtime_s", _runtime_s(run))
         # An evaluation writes its metrics.json only when it finished (it has no status field).
         status = result.get("status", "finished" if metrics else "incomplete")

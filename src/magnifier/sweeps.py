@@ -6,11 +6,14 @@ and keeps the study in ``<sweep folder>/optuna.db``. :func:`resumable_optuna_imp
 what resuming needs: rerun the same command with ``hydra.sweep.dir=<that folder>`` and it counts
 the trials already finished (a trial left running by a killed sweep is marked failed), runs
 only the ones still to go, and numbers the new run folders after the existing ones. The search
-itself (sampler, trials, study) is Optuna's.
+itself (sampler, trials, study) is Optuna's. A trial whose run ends without the optimised metric
+(the run prints why) is recorded by Optuna as failed; a sweep in which no trial produced a value
+ends with one line, the results table written, and exit code 2 (:func:`no_value_line`).
 
 :class:`SweepKeysCallback` refuses, in one line and with exit code 2, a sweep over a key the
-config does not have (a typo would otherwise fail every run, or silently add a key) before
-the first run starts.
+config does not have (a typo would otherwise fail every run, or silently add a key), or an
+Optuna search with ``dataset.val_split=none`` (no split to score trials on), before the first
+run starts.
 """
 
 from __future__ import annotations
@@ -62,6 +65,21 @@ def resume_study(storage: Any, study_name: str | None) -> int:
     return len(study.get_trials(deepcopy=False))
 
 
+def no_value_line(storage: Any, study_name: str | None, sweep_dir: str | Path, reason: str = "") -> str | None:
+    """The closing line of a sweep in which no trial was scored, or None when one was."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return f"error: the sweep ran no trial{reason}"
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
+        return None
+    return (f"error: no trial of the sweep produced a value ({len(trials)} trial(s), all failed{reason}); "
+            f"each run folder's metrics.json names why; results table: {Path(sweep_dir) / 'results.md'}")
+
+
 def resumable_optuna_impl(**kwargs: Any):
     """Hydra's OptunaSweeperImpl, resuming the stored study (used by the plugin class
     ``hydra_plugins.magnifier_sweeper.resumable_optuna.ResumableOptunaSweeper``; Hydra loads
@@ -85,7 +103,23 @@ def resumable_optuna_impl(**kwargs: Any):
                     self.sampler.reseed_rng()
             self.n_trials = max(self.n_trials - done, 0)
             self.job_idx = max(self.job_idx, done)  # run folder i holds trial i
-            super().sweep(arguments)
+            try:
+                super().sweep(arguments)
+            except Exception as err:  # noqa: BLE001 - only a sweep with no scored trial ends here
+                # Optuna's best_trial has no record to give, or the failure rate stopped the
+                # sweep by re-raising a trial's error: one line instead of a traceback.
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                reason = "" if "Record does not exist" in first else f"; the last error: {first}"
+                line = no_value_line(self.storage, self.study_name, self.config.hydra.sweep.dir, reason)
+                if line is None:
+                    raise
+                from magnifier.results import write_table
+
+                sweep_dir = Path(str(self.config.hydra.sweep.dir))
+                if sweep_dir.is_dir():
+                    write_table(sweep_dir)
+                print(line, file=sys.stderr, flush=True)
+                sys.exit(USER_ERROR_EXIT_CODE)
 
     return ResumableOptunaSweeperImpl(**kwargs)
 
@@ -120,11 +154,21 @@ def unknown_sweep_key(config: DictConfig) -> str | None:
     return None
 
 
+def unscorable_search(config: DictConfig) -> str | None:
+    """An Optuna search with no validation split to score its trials on, as an error line."""
+    target = str(OmegaConf.select(config, "hydra.sweeper._target_", default="") or "")
+    if "optuna" not in target.lower() or OmegaConf.select(config, "dataset.val_split", default="holdout") != "none":
+        return None
+    metric = OmegaConf.select(config, "optimized_metric", default="val/mAP")
+    return (f"hparams_search=optuna maximises {metric}, but dataset.val_split=none leaves no validation split to "
+            "score trials on; use dataset.val_split=holdout")
+
+
 class SweepKeysCallback(_HydraCallback):
     """Hydra callback: a multirun over unknown keys stops before its first run (exit code 2)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        problem = unknown_sweep_key(config)
+        problem = unknown_sweep_key(config) or unscorable_search(config)
         if problem:
             print(f"error: {problem}", file=sys.stderr, flush=True)
             sys.exit(USER_ERROR_EXIT_CODE)

@@ -1,4 +1,9 @@
-"""``python -m magnifier.train``: fit a ReID model, evaluate the best checkpoint, print the table.
+"""``python -m magnifier.train``: fit a ReID model, test the checkpoint chosen on validation, print the table.
+
+The test split is read once, at the end: checkpoints are chosen on the validation split held
+out from the training identities (the best ``val/mAP``), or, without one, the final weights
+are tested. Nothing that chooses (checkpoint callbacks, early stops, a sweep's objective) may
+monitor a ``test/`` metric.
 
 Thin on purpose: every object comes from the Hydra config (``conf/train.yaml``).
 """
@@ -114,30 +119,129 @@ def _loggers(cfg: DictConfig, resume_ckpt: dict | None) -> list:
     return loggers
 
 
-def format_results(metrics: dict, best_ckpt: str | None) -> str:
-    """The closing table: rank-1/5/10, mAP, mINP in percent, and the best checkpoint's path."""
+#: How the tested checkpoint was chosen (``selected_by`` in metrics.json and the results table):
+#: the monitored validation metric of the best-checkpoint callback, or ``last`` (the final weights).
+SELECTED_LAST = "last"
+
+
+def format_results(metrics: dict, checkpoint: str | None, selected_by: str = SELECTED_LAST) -> str:
+    """The closing table: rank-1/5/10, mAP, mINP in percent, then the tested checkpoint and how
+    it was chosen."""
     from magnifier.module import METRIC_KEYS
 
     head = " ".join(f"{k:>8}" for k in METRIC_KEYS)
     row = " ".join(f"{100 * float(metrics[k]):8.2f}" if k in metrics else f"{'-':>8}" for k in METRIC_KEYS)
-    return f"{head}\n{row}\nbest checkpoint: {best_ckpt or '(none saved)'}"
+    how = "its best on the validation split" if selected_by != SELECTED_LAST else "the final weights"
+    return f"{head}\n{row}\ncheckpoint: {checkpoint or '(the final weights)'} (selected by {selected_by}: {how})"
 
 
-def _write_test_report(cfg: DictConfig, module, best: str | None) -> Path | None:
-    """``report.html`` of the final test in the run folder (metrics, CMC, per-query AP; the
-    ranked-list pictures come with ``python -m magnifier.evaluate``)."""
+def _check_selection(cfg: DictConfig) -> None:
+    """Nothing that chooses may read the test split: a callback monitoring a ``test/`` metric or
+    a sweep optimising one is refused before any data is read."""
+    metric = str(cfg.get("optimized_metric") or "")
+    if metric.startswith("test/"):
+        raise UserError(f"optimized_metric={metric}: a sweep must not choose on the test split; use "
+                        f"optimized_metric=val/{metric.split('/', 1)[1]} (the held-out validation identities)")
+    for name, c in (cfg.get("callbacks") or {}).items():
+        monitor = str((c or {}).get("monitor") or "")
+        if monitor.startswith("test/"):
+            raise UserError(f"callbacks.{name}.monitor={monitor}: checkpoints and early stops must not choose on the "
+                            f"test split; monitor val/{monitor.split('/', 1)[1]}")
+    if metric and _optuna_sweep() and str(cfg.dataset.get("val_split", "holdout")) == "none":
+        raise UserError(f"hparams_search=optuna maximises {metric}, but dataset.val_split=none leaves no validation "
+                        "split to score trials on; use dataset.val_split=holdout")
+
+
+def _optuna_sweep() -> bool:
+    from magnifier.errors import in_multirun
+
+    if not in_multirun():
+        return False
+    from hydra.core.hydra_config import HydraConfig
+
+    return "optuna" in str(HydraConfig.get().sweeper.get("_target_", "")).lower()
+
+
+def _selection_callbacks(callbacks: list, has_validation: bool) -> list:
+    """The configured callbacks, without those that choose on a validation metric when there is
+    no validation split (the best-checkpoint callback); any other such callback (an early stop)
+    cannot work then and is refused."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    if has_validation:
+        return callbacks
+    kept = []
+    for cb in callbacks:
+        monitor = str(getattr(cb, "monitor", None) or "")
+        if not monitor.startswith("val/"):
+            kept.append(cb)
+        elif not isinstance(cb, ModelCheckpoint):
+            raise UserError(f"{type(cb).__name__} monitors {monitor}, but this run has no validation split "
+                            "(dataset.val_split=none); use dataset.val_split=holdout or remove the callback")
+    return kept
+
+
+def _chosen_checkpoint(trainer) -> tuple[str | None, str]:
+    """(checkpoint to test, selected_by): the best file of the callback that monitors a
+    validation metric, when it saved one; else the final weights, named by the epoch-end
+    ``last.ckpt`` when that holds the last step (None: the weights in memory)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    callbacks = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+    for cb in callbacks:
+        if str(cb.monitor or "").startswith("val/") and cb.best_model_path:
+            return cb.best_model_path, str(cb.monitor)
+    for cb in callbacks:
+        if cb.monitor is None and cb.best_model_path and cb._last_global_step_saved == trainer.global_step:
+            return cb.best_model_path, SELECTED_LAST
+    return None, SELECTED_LAST
+
+
+def _no_score_reason(cfg: DictConfig, trainer, datamodule, module) -> str:
+    """Why a run ends without ``optimized_metric``: one line for the run and its sweep trial."""
+    metric = cfg.get("optimized_metric")
+    if not datamodule.has_validation:
+        why = ("dataset.val_split=none" if datamodule.val_split == "none"
+               else "no training identity could validate (each needs two cameras)")
+        return f"no {metric}: {why}, so there is no validation split to score on"
+    interval = trainer.check_val_every_n_epoch
+    if not getattr(module, "validations_run", 0):
+        if trainer.limit_val_batches == 0:
+            return f"no {metric}: trainer.limit_val_batches=0 runs no validation batch"
+        every = f"every {interval} epochs" if interval else f"every {trainer.val_check_interval} steps"
+        return (f"no {metric}: the run ended at step {trainer.global_step}, after {trainer.current_epoch} epoch(s), "
+                f"before its first validation; validation runs {every}")
+    return f"no {metric}: validation ran but gave no {metric} (no validation query had a true match in its gallery)"
+
+
+def _write_test_report(cfg: DictConfig, module, datamodule, checkpoint: str | None, selected_by: str) -> Path | None:
+    """``report.html`` of the final test in the run folder: metrics, CMC, per-query AP, how the
+    checkpoint was chosen, and the ranked lists of the worst and best queries (as
+    ``python -m magnifier.evaluate`` draws them)."""
     result = getattr(module, "test_result", None)
     output_dir = (cfg.get("paths") or {}).get("output_dir")
-    if not result or not output_dir:
+    report_cfg = cfg.get("report") or {}
+    if not result or not output_dir or not report_cfg.get("enabled", True):
         return None
-    from magnifier.evaluate import summarize
+    from magnifier.evaluation.ranked_lists import draw_ranked_lists, summarize
     from magnifier.evaluation.report import write_report
 
     per_query = result["per_query"]
+    lists = []
+    if "features" in result:
+        pictures = draw_ranked_lists(
+            module.net, datamodule, result, per_query, Path(output_dir) / "ranked_lists",
+            worst=int(report_cfg.get("worst", 5)), best=int(report_cfg.get("best", 5)),
+            top_k=int(report_cfg.get("top_k", 10)))
+        lists = [facts for _, _, facts in pictures]
+    how = (f"the best {selected_by} on the validation split" if selected_by != SELECTED_LAST
+           else "the last (no validation split chooses)")
     return write_report(output_dir, {"plain": summarize(result)}, {"plain": result["cmc"].tolist()},
-                        per_query["ap"], per_query["valid"], dataset=str(cfg.dataset.name),
-                        checkpoint=best or "(the last weights)", num_query=len(per_query["ap"]),
-                        details={"split": "test (query vs gallery)", "run folder": output_dir})
+                        per_query["ap"], per_query["valid"], lists, dataset=str(cfg.dataset.name),
+                        checkpoint=checkpoint or "(the final weights)", num_query=len(per_query["ap"]),
+                        num_gallery=int((~result["is_query"]).sum()) if "is_query" in result else None,
+                        details={"split": "test (query vs gallery), read once after training",
+                                 "checkpoint selected by": f"{selected_by}: {how}", "run folder": output_dir})
 
 
 def _is_global_zero() -> bool:
@@ -164,7 +268,7 @@ def train(cfg: DictConfig) -> dict:
               + "\n(dry run: no data read, no run folder kept; drop dry_run=true to train)", flush=True)
         discard_failed_start()  # the run folder Hydra made holds nothing of a run
         return {}
-    start, state = time.perf_counter(), {"metrics": {}, "best": None}
+    start, state = time.perf_counter(), {"metrics": {}, "best": None, "tested": None, "selected_by": None}
     output_dir = (cfg.get("paths") or {}).get("output_dir")
     start -= earlier_runtime_s(output_dir) if output_dir else 0.0
     status, error = "failed", None
@@ -192,8 +296,11 @@ def train(cfg: DictConfig) -> dict:
         error = f"{type(err).__name__}: {err}".strip().splitlines()[0] if str(err) else type(err).__name__
         raise
     finally:
+        if status == "finished" and state.get("no_score") and _optuna_sweep():
+            status, error = "failed", state["no_score"]  # a trial without a score
         if output_dir and _is_global_zero():
-            write_run_results(output_dir, status, state["metrics"], time.perf_counter() - start, state["best"], error)
+            write_run_results(output_dir, status, state["metrics"], time.perf_counter() - start, state["best"], error,
+                              selected_by=state["selected_by"], tested_checkpoint=state["tested"])
 
 
 def _index_dataset(dataset: DictConfig):
@@ -233,6 +340,7 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     if _is_global_zero():
         say(describe_run(cfg, kwargs))
     _check_logger(cfg)
+    _check_selection(cfg)
     ckpt_path, why = _resume_checkpoint(cfg)
     if why and _is_global_zero():
         print(why, flush=True)
@@ -293,7 +401,8 @@ def _train(cfg: DictConfig, state: dict) -> dict:
 
         module.build(datamodule.num_classes)
         check_resume_fits(module.net, ckpt_path, resume_ckpt)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = _selection_callbacks([instantiate(c) for c in (cfg.get("callbacks") or {}).values()],
+                                     datamodule.has_validation)
     loggers = _loggers(cfg, resume_ckpt)
     del resume_ckpt  # Lightning reads the file itself
     # Checkpoint files are replaced atomically: a kill while saving never breaks last.ckpt; and
@@ -308,12 +417,20 @@ def _train(cfg: DictConfig, state: dict) -> dict:
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=weights_only)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
-        state.update(metrics=metrics, best=best)
+        # Chosen without the test split: the best validation checkpoint, else the final weights.
+        tested, selected_by = _chosen_checkpoint(trainer)
+        state.update(metrics=metrics, best=tested if selected_by != SELECTED_LAST else None,
+                     tested=tested, selected_by=selected_by)
+        optimized = cfg.get("optimized_metric")
+        if optimized and optimized not in metrics and cfg.get("train", True):
+            state["no_score"] = _no_score_reason(cfg, trainer, datamodule, module)
+            if trainer.is_global_zero and (datamodule.has_validation or _optuna_sweep()):
+                say(state["no_score"] + ("; the final weights are tested" if cfg.get("test", True) else ""))
         if cfg.get("test", True) and not kwargs.get("fast_dev_run"):
-            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=weights_only)
+            trainer.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=weights_only)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-            state["report"] = _write_test_report(cfg, module, best) if trainer.is_global_zero else None
+            state["report"] = (_write_test_report(cfg, module, datamodule, tested, selected_by)
+                               if trainer.is_global_zero else None)
     except LabelMapError as err:
         # Raised in a loader worker, the message carries the worker's traceback: keep its last line.
         raise UserError(str(err).strip().splitlines()[-1].split("LabelMapError: ")[-1]) from None
@@ -324,7 +441,7 @@ def _train(cfg: DictConfig, state: dict) -> dict:
     if trainer.is_global_zero:
         split = "test" if any(k.startswith("test/") for k in metrics) else "val"
         shown = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(split + "/")}
-        say(f"\n{cfg.dataset.name} query/gallery ({split}, %):\n" + format_results(shown, best))
+        say(f"\n{cfg.dataset.name} query/gallery ({split}, %):\n" + format_results(shown, state["tested"], selected_by))
         warning = getattr(datamodule.load(), "camera_warning", None)
         if warning:  # printed at the start too; beside the table, where the numbers are read
             say(warning)

@@ -1,8 +1,10 @@
-"""The LightningDataModule: P x K training batches with label maps, query + gallery for evaluation."""
+"""The LightningDataModule: P x K training batches with label maps, a validation split held out from
+the training identities, and the test split's query + gallery."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -15,6 +17,7 @@ from . import packing
 from .dataset import MissingAttributesError, ReIDImageDataset, unreadable_files
 from .files import label_map_problems
 from .datasets import ReIDData, combine_train, load_dataset
+from .datasets.holdout import VAL_SPLITS, hold_out_validation, validation_count
 from .samplers import EPOCH_MODES, RandomIdentitySampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, erasing_fill_value, normalize_on_device
 
@@ -24,8 +27,10 @@ class ReIDDataModule(pl.LightningDataModule):
 
     Training batches are dicts: ``image`` (N, 3, H, W) float, ``mask`` (N, H, W) long part labels,
     ``pid`` (N,), ``camid`` (N,), ``index`` (N,), ``path`` (list of N str), with N = P x K from
-    :class:`RandomIdentitySampler`. The evaluation loader yields query then gallery images (no
-    masks) with an extra ``is_query`` (N,) bool. With ``attributes`` set, training batches also
+    :class:`RandomIdentitySampler`. The evaluation loaders yield query then gallery images (no
+    masks) with an extra ``is_query`` (N,) bool: the validation loader those of the split held out
+    from the training identities (``val_split=holdout``; no validation with ``none``), the test
+    loader those of the dataset's own query and gallery, which nothing during training reads. With ``attributes`` set, training batches also
     carry ``attributes`` (N, A) float: each image's identity-level binary attribute vector.
     With ``normalize_on_device`` the training loader hands over ``image`` and ``mask`` as uint8
     (and ``erase`` boxes); :meth:`on_after_batch_transfer` gives the model the above.
@@ -33,6 +38,11 @@ class ReIDDataModule(pl.LightningDataModule):
     Args:
         name: the dataset's config name (``synthetic``, ``market``, ``duke``).
         root: the dataset folder or a parent that holds it under its official name.
+        val_split: ``holdout``: ``val_identities`` training identities leave training and form
+            the validation query and gallery (:mod:`magnifier.data.datasets.holdout`), on which
+            checkpoints and sweeps choose; ``none``: train on every identity, no validation.
+        val_identities: how many identities to hold out: a count (e.g. 100) or a fraction of
+            the training identities (e.g. 0.1); drawn with ``seed``.
         height, width: network input size.
         num_instances: K, images per identity in a batch; ``batch_size`` = P x K.
         sampler_epoch: the identity sampler's epoch definition (``RandomIdentitySampler(epoch_mode=)``):
@@ -78,6 +88,8 @@ class ReIDDataModule(pl.LightningDataModule):
         self,
         name: str = "synthetic",
         root: str = "data",
+        val_split: str = "holdout",
+        val_identities: int | float = 0.1,
         height: int = 128,
         width: int = 64,
         batch_size: int = 64,
@@ -108,6 +120,12 @@ class ReIDDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.name, self.root = name, str(root)
+        if val_split not in VAL_SPLITS:
+            raise UserError(f"dataset.val_split={val_split!r}: use holdout (validation identities taken out of "
+                            "training, on which checkpoints are chosen) or none (train on all, test the last weights)")
+        self.val_split, self.val_identities = val_split, val_identities
+        if val_split == "holdout":
+            validation_count(val_identities, 2)  # a malformed value fails here, before any data is read
         self.height, self.width = height, width
         self.batch_size, self.num_instances, self.test_batch_size = batch_size, num_instances, test_batch_size
         if not (isinstance(num_instances, int) and num_instances >= 1):
@@ -180,6 +198,11 @@ class ReIDDataModule(pl.LightningDataModule):
             self.data = indexed if indexed is not None else load_dataset(self.name, self.root, **self.options)
             if self.train_sets:
                 self.data = combine_train(self.data, self.train_sets, self.root)
+            if self.val_split == "holdout":
+                hold_out_validation(self.data, self.val_identities, self.seed or 0, self.num_instances)
+            else:
+                self.data.val_notes = ["  validation: none (dataset.val_split=none): training uses every identity, "
+                                       "nothing is chosen, the final weights are tested"]
             if self.use_masks:
                 missing = [r.path for r in self.data.train if r.mask_path is None]
                 if missing and self.missing_masks == "stripes":
@@ -220,6 +243,11 @@ class ReIDDataModule(pl.LightningDataModule):
                 f"dataset.num_instances={k} but {short} of {len(counts)} training identities of '{self.name}' have "
                 f"fewer than {k} images (median {int(np.median(counts))}); their batches would repeat images (other "
                 f"samplers drop such identities); use dataset.num_instances <= {int(np.median(counts))}")
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether there is a validation split to choose checkpoints on."""
+        return self.val_split == "holdout" and bool(self.load().val_query)
 
     @property
     def num_classes(self) -> int:
@@ -272,7 +300,7 @@ class ReIDDataModule(pl.LightningDataModule):
 
     def _scan_evaluation_files(self, data: ReIDData) -> None:
         # Query and gallery images cannot be swapped for others without changing the protocol.
-        bad = unreadable_files([r.path for r in data.query + data.gallery])
+        bad = unreadable_files([r.path for r in data.query + data.gallery + data.val_query + data.val_gallery])
         if bad:
             raise UserError(
                 f"{len(bad)} query/gallery image(s) of '{self.name}' cannot be read (first: {', '.join(bad[:3])}); "
@@ -309,6 +337,10 @@ class ReIDDataModule(pl.LightningDataModule):
             kwargs = dict(with_masks=self.eval_masks, mask_scheme=self.mask_scheme)
             self.query_set = ReIDImageDataset(data.query, self.test_transform, **kwargs)
             self.gallery_set = ReIDImageDataset(data.gallery, self.test_transform, **kwargs)
+            self.val_set = None
+            if data.val_query:
+                self.val_set = _QueryGallery(ReIDImageDataset(data.val_query, self.test_transform, **kwargs),
+                                             ReIDImageDataset(data.val_gallery, self.test_transform, **kwargs))
         except ValueError as err:
             raise UserError(f"dataset.eval_masks=true but {err}; eval masks go under {data.root}/masks/<split>/") from None
         self.eval_set = _QueryGallery(self.query_set, self.gallery_set)
@@ -378,16 +410,26 @@ class ReIDDataModule(pl.LightningDataModule):
                 batch["mask"] = batch["mask"].long()
         return batch
 
-    def val_dataloader(self) -> DataLoader:
+    def _eval_loader(self, dataset: "_QueryGallery") -> DataLoader:
         # Its own generator: starting an iterator draws the workers' base seed, and drawn from
         # PyTorch's global random state it would shift the training steps after each validation
         # (a run resumed from the last batch of an epoch would then train differently).
-        return DataLoader(self.eval_set, batch_size=self.test_batch_size, shuffle=False,
+        return DataLoader(dataset, batch_size=self.test_batch_size, shuffle=False,
                           generator=torch.Generator().manual_seed(0), **self._loader_kwargs())
 
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation split's query then gallery; no loader (Lightning then skips
+        validation) with ``val_split=none``. Never the test split."""
+        return self._eval_loader(self.val_set) if self.val_set is not None else []
 
+    def test_dataloader(self) -> DataLoader:
+        """The dataset's own query then gallery: the final figure, read once after training."""
+        return self._eval_loader(self.eval_set)
+
+
+# With dataset.val_split=none the validation loader is an empty list, Lightning's way of "no
+# validation"; its warning that the list is empty says nothing the summary does not.
+warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
 
 #: ``dataset.sharing_strategy`` values (torch.multiprocessing's).
 SHARING_STRATEGIES = ("file_system", "file_descriptor")

@@ -28,6 +28,9 @@ class ReIDMetric(Metric):
         max_rank: length of the CMC curve computed by
             :func:`~magnifier.evaluation.rank.evaluate_rank` (raised to 10 internally so that
             ``rank10`` is always exact).
+        keep_features: also keep, in ``last_result``, the samples in dataset-index order:
+            ``features`` (N, D) float32 and ``pids``, ``camids``, ``index`` (N,) int64,
+            ``is_query`` (N,) bool, as numpy arrays (what a report's ranked lists are drawn from).
         **kwargs: forwarded to :class:`torchmetrics.Metric` (``dist_sync_on_step``,
             ``process_group``, ``sync_on_compute``, ...).
     """
@@ -36,8 +39,9 @@ class ReIDMetric(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, max_rank: int = 50, **kwargs: Any) -> None:
+    def __init__(self, max_rank: int = 50, keep_features: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.keep_features = bool(keep_features)
         if int(max_rank) < 1:
             raise ValueError(f"max_rank must be >= 1, got {max_rank}")
         self.max_rank = int(max_rank)
@@ -107,8 +111,8 @@ class ReIDMetric(Metric):
         keep = torch.ones_like(sorted_idx, dtype=torch.bool)
         keep[1:] = sorted_idx[1:] != sorted_idx[:-1]
         order = order[keep]
-        features, pids, camids, is_query = (
-            features[order], pids[order], camids[order], is_query[order]
+        features, pids, camids, is_query, indices = (
+            features[order], pids[order], camids[order], is_query[order], indices[order]
         )
 
         q, g = is_query, ~is_query
@@ -129,6 +133,9 @@ class ReIDMetric(Metric):
         )
         cmc = result["cmc"]
         # The whole result (CMC, per-query AP) for a report of this evaluation (magnifier.train).
+        if self.keep_features:
+            result.update(features=features.cpu().numpy(), pids=pids.cpu().numpy(), camids=camids.cpu().numpy(),
+                          index=indices.cpu().numpy(), is_query=is_query.cpu().numpy())
         self.last_result = result
 
         def scalar(value: float) -> torch.Tensor:

@@ -31,7 +31,9 @@ class ImageRecord:
 
 @dataclass
 class ReIDData:
-    """The three splits of a ReID dataset: ``train``, ``query`` and ``gallery``.
+    """The splits of a ReID dataset: ``train``, ``query`` and ``gallery`` (the test split), and
+    ``val_query`` and ``val_gallery``, a validation split held out from the training identities
+    (empty unless :func:`~magnifier.data.datasets.holdout.hold_out_validation` made one).
 
     ``camera_names`` maps each 0-based query/gallery ``camid`` to the camera as the dataset
     names it (Market's ``0195_c3s1_...`` is camid 2, named ``"3"``), for pictures and messages;
@@ -47,6 +49,10 @@ class ReIDData:
     gallery: list[ImageRecord] = field(default_factory=list)
     camera_names: dict[int, str] = field(default_factory=dict)
     camera_warning: str | None = None
+    val_query: list[ImageRecord] = field(default_factory=list)
+    val_gallery: list[ImageRecord] = field(default_factory=list)
+    #: Lines about the validation split for the summary (identities skipped, short ones).
+    val_notes: list[str] = field(default_factory=list)
 
     @property
     def cameras_known(self) -> bool:
@@ -62,16 +68,25 @@ class ReIDData:
         return len({r.camid for r in self.train})
 
     def summary(self) -> str:
-        """A table of ids / images / cameras per split, printed at set-up."""
+        """A table of ids / images / cameras per split, printed at set-up; with a validation
+        split, its rows and a line naming the split that chooses checkpoints."""
         lines = [
             f"dataset {self.name} ({self.root})",
-            f"  {'split':<8} {'ids':>7} {'images':>8} {'cameras':>8}",
+            f"  {'split':<12} {'ids':>7} {'images':>8} {'cameras':>8}",
         ]
-        for split in ("train", "query", "gallery"):
-            recs = getattr(self, split)
+        rows = [("train", self.train)]
+        if self.val_query:
+            rows += [("val query", self.val_query), ("val gallery", self.val_gallery)]
+        rows += [("query", self.query), ("gallery", self.gallery)]
+        for split, recs in rows:
             ids = len({r.pid for r in recs})
             cams = len({r.camid for r in recs})
-            lines.append(f"  {split:<8} {ids:>7} {len(recs):>8} {cams:>8}")
+            lines.append(f"  {split:<12} {ids:>7} {len(recs):>8} {cams:>8}")
+        if self.val_query:
+            lines.append(f"  validation: held out from training ({len({r.pid for r in self.val_query})} identities, "
+                         f"{len(self.val_query) + len(self.val_gallery)} images); checkpoints are chosen on it, "
+                         "the test split (query, gallery) is used once at the end")
+        lines += self.val_notes
         if self.camera_warning:
             lines.append(self.camera_warning)
         return "\n".join(lines)
