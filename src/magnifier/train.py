@@ -137,7 +137,8 @@ def format_results(metrics: dict, checkpoint: str | None, selected_by: str = SEL
 
 def _check_selection(cfg: DictConfig) -> None:
     """Nothing that chooses may read the test split: a callback monitoring a ``test/`` metric or
-    a sweep optimising one is refused before any data is read."""
+    a sweep optimising one is refused before any data is read. (An Optuna search without a
+    validation split is refused before its first run: magnifier.sweeps.unscorable_search.)"""
     metric = str(cfg.get("optimized_metric") or "")
     if metric.startswith("test/"):
         raise UserError(f"optimized_metric={metric}: a sweep must not choose on the test split; use "
@@ -147,9 +148,6 @@ def _check_selection(cfg: DictConfig) -> None:
         if monitor.startswith("test/"):
             raise UserError(f"callbacks.{name}.monitor={monitor}: checkpoints and early stops must not choose on the "
                             f"test split; monitor val/{monitor.split('/', 1)[1]}")
-    if metric and _optuna_sweep() and str(cfg.dataset.get("val_split", "holdout")) == "none":
-        raise UserError(f"hparams_search=optuna maximises {metric}, but dataset.val_split=none leaves no validation "
-                        "split to score trials on; use dataset.val_split=holdout")
 
 
 def _optuna_sweep() -> bool:
